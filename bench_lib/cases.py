@@ -1,0 +1,125 @@
+"""`Case`, the frozen identity of a measurement, and the profiles that expand into cases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from bench_lib.errors import UserError
+
+INFERENCE = "inference"
+
+# The columns that identify a case across runs and machines (the join key of reports).
+KEY_FIELDS = ("suite", "model", "device", "mode", "batch_size", "dtype", "strategy", "optimizer")
+
+
+@dataclass(frozen=True, order=True)
+class Case:
+    """What is measured, independent of how it turned out.
+
+    `device` is the device kind ("cpu", "cuda"); `mode` the grad mode of an inference case;
+    `strategy` and `optimizer` belong to fine-tuning cases and are "" elsewhere.
+    """
+
+    suite: str
+    model: str
+    device: str
+    mode: str = ""
+    batch_size: int = 1
+    dtype: str = "float32"
+    strategy: str = ""
+    optimizer: str = ""
+
+    @property
+    def key(self) -> tuple[str | int, ...]:
+        return tuple(getattr(self, f) for f in KEY_FIELDS)
+
+    @property
+    def group(self) -> Case:
+        """The interleaving group: the cases that differ only in mode (or strategy) are measured
+        together, round-robin, in one process."""
+        return replace(self, mode="", strategy="")
+
+    @property
+    def id(self) -> str:
+        parts = [self.model, self.device, f"b{self.batch_size}"]
+        if self.dtype != "float32":
+            parts.append(self.dtype)
+        parts += [p for p in (self.optimizer, self.strategy, self.mode) if p]
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much to measure: which batch sizes, and how many rounds per case.
+
+    `iterations` overrides every model's own calls-per-round when set (the tiny test profile
+    uses 1, so that it runs in seconds).
+    """
+
+    name: str
+    batch_sizes: tuple[int, ...]
+    rounds: int
+    warmup_rounds: int
+    iterations: int | None = None
+    description: str = ""
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            "tiny",
+            (1, 4),
+            rounds=5,
+            warmup_rounds=1,
+            iterations=1,
+            description="seconds; for the end-to-end tests, figures not meaningful",
+        ),
+        Profile(
+            "default",
+            (1, 32),
+            rounds=300,
+            warmup_rounds=20,
+            description="the default make bench: a few minutes on a 2-core machine",
+        ),
+        Profile(
+            "full",
+            (1, 32, 128),
+            rounds=1000,
+            warmup_rounds=50,
+            description="adds batch 128 and more rounds (steadier p99)",
+        ),
+    )
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UserError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})") from None
+
+
+def inference_cases(
+    profile: Profile, models: Sequence[str], devices: Sequence[str], modes: Sequence[str]
+) -> list[Case]:
+    """Every inference case of the profile, grouped so the modes of a group are adjacent."""
+    return [
+        Case(INFERENCE, model, device, mode, batch_size)
+        for model in models
+        for device in devices
+        for batch_size in profile.batch_sizes
+        for mode in modes
+    ]
+
+
+def parse_list(text: str | None, known: Sequence[str], what: str) -> list[str]:
+    """Parse a comma-separated selection; empty means all of `known`. Unknown names raise."""
+    if not text or not text.strip():
+        return list(known)
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    for name in names:
+        if name not in known:
+            raise UserError(f"unknown {what} {name!r} (known: {', '.join(known)})")
+    return list(dict.fromkeys(names))

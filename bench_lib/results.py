@@ -1,0 +1,79 @@
+"""`CaseResult`: the frozen outcome of one case, and its flattening into a report row."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from bench_lib.cases import Case
+from bench_lib.timing import Samples
+
+OK, FAILED, OOM = "ok", "failed", "oom"
+STATUSES = (OK, FAILED, OOM)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case's outcome: raw samples (latency statistics derive from them) and exact metrics.
+
+    `metrics` holds the suite's other columns by their schema names (memory in bytes, ratios).
+    A case that did not succeed has `status` "failed" or "oom" and an `error` message; it may
+    still carry the figures measured before it failed, never figures that failed a check.
+    """
+
+    case: Case
+    status: str = OK
+    error: str = ""
+    samples: Samples | None = None
+    items_per_batch: int = 0
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.status != OK and not self.error:
+            raise ValueError("a case that did not succeed needs an error message")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def row(self) -> dict[str, Any]:
+        """The case's report columns (identity, status, latency statistics, metrics)."""
+        row: dict[str, Any] = {**asdict(self.case), "status": self.status, "error": self.error}
+        if self.samples is not None:
+            stats = self.samples.stats()
+            row |= {
+                "latency_ms_median": stats.median,
+                "latency_ms_mean": stats.mean,
+                "latency_ms_min": stats.min,
+                "latency_ms_p90": stats.p90,
+                "latency_ms_p99": stats.p99,
+                "latency_ms_iqr": stats.iqr,
+                "latency_ms_stddev": stats.stddev,
+                "host_latency_ms_median": self.samples.host_stats().median,
+                "rounds": stats.rounds,
+                "iterations": self.samples.iterations,
+                "warmup_rounds": self.samples.warmup_rounds,
+                "throughput_items_per_s": self.items_per_batch / (stats.median / 1e3)
+                if stats.median > 0
+                else None,
+            }
+        row |= dict(self.metrics)
+        return row
+
+
+def failure(case: Case, exc: BaseException, **metrics: Any) -> CaseResult:
+    """A result for a case that raised: `oom` for out-of-memory errors, `failed` otherwise."""
+    status = OOM if isinstance(exc, torch.OutOfMemoryError) else FAILED
+    return CaseResult(case, status=status, error=describe_error(exc), metrics=metrics)
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """One line: the exception type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

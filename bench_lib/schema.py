@@ -1,0 +1,208 @@
+"""The report format: its columns and units, `schema_version`, atomic writes and validated reads.
+
+Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when it changes):
+  1: first version.
+
+A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
+per-round latency samples of every case (long format), so statistics can be recomputed and the
+regression gate can test significance.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench_lib.cases import KEY_FIELDS
+from bench_lib.errors import UserError
+from bench_lib.results import STATUSES
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # "str", "int", "float" or "bool"
+    unit: str
+    description: str
+
+
+_C = Column
+COLUMNS: tuple[Column, ...] = (
+    _C("schema_version", "int", "", "version of this format (see docs/results.md)"),
+    _C("run_id", "str", "", "`<UTC timestamp>_<machine_id>` of the run; names the report file"),
+    _C("timestamp_utc", "str", "ISO 8601", "when the run started, UTC"),
+    _C("profile", "str", "", "profile the run used (tiny, default, full)"),
+    _C("suite", "str", "", "`inference`"),
+    _C("model", "str", "", "model name in the zoo"),
+    _C("device", "str", "", "device kind: `cpu` or `cuda`"),
+    _C("mode", "str", "", "grad mode: `grad`, `no_grad` or `inference_mode`"),
+    _C("batch_size", "int", "items", "inputs per forward call"),
+    _C("dtype", "str", "", "parameter and input dtype (`float32`)"),
+    _C("strategy", "str", "", "fine-tuning strategy; empty for inference"),
+    _C("optimizer", "str", "", "fine-tuning optimizer; empty for inference"),
+    _C("status", "str", "", "`ok`, `failed` (an exception or a failed check) or `oom`"),
+    _C("error", "str", "", "why the case did not succeed; empty when ok"),
+    _C("latency_ms_median", "float", "ms", "median over rounds of the mean time of one call"),
+    _C("latency_ms_mean", "float", "ms", "mean over rounds"),
+    _C("latency_ms_min", "float", "ms", "fastest round"),
+    _C("latency_ms_p90", "float", "ms", "90th percentile over rounds (linear interpolation)"),
+    _C("latency_ms_p99", "float", "ms", "99th percentile over rounds; needs hundreds of rounds to mean much"),
+    _C("latency_ms_iqr", "float", "ms", "interquartile range (p75 - p25) over rounds"),
+    _C("latency_ms_stddev", "float", "ms", "sample standard deviation over rounds"),
+    _C(
+        "host_latency_ms_median",
+        "float",
+        "ms",
+        "median host wall time per call; equals latency_ms_median on the CPU, includes launch and sync on CUDA",
+    ),
+    _C(
+        "latency_ratio_to_grad",
+        "float",
+        "ratio",
+        "median / median of `grad` mode of the same model, device and batch size, measured interleaved in the same process",
+    ),
+    _C("rounds", "int", "", "timed rounds (samples) behind the statistics"),
+    _C("iterations", "int", "calls", "calls per round (fixed per model and batch size)"),
+    _C("warmup_rounds", "int", "", "untimed rounds before the timed ones"),
+    _C("throughput_items_per_s", "float", "items/s", "batch_size / latency_ms_median"),
+    _C(
+        "mem_peak_bytes",
+        "int",
+        "bytes",
+        "peak tensor bytes allocated during one forward beyond what was live before it (CPU: tensor storages; CUDA: caching-allocator peak)",
+    ),
+    _C(
+        "mem_saved_for_backward_bytes",
+        "int",
+        "bytes",
+        "distinct storages autograd saved for backward during one forward, parameters excluded",
+    ),
+    _C(
+        "rss_peak_delta_bytes",
+        "int",
+        "bytes",
+        "rise of the process's RSS high-water mark during one forward (informational, noisy; empty where not measurable)",
+    ),
+    _C(
+        "machine_id",
+        "str",
+        "",
+        "12-hex-digit hash of the hardware and software fingerprint below (not the hostname)",
+    ),
+    _C("hostname", "str", "", "host name"),
+    _C("cpu_model", "str", "", "CPU model name"),
+    _C("cpu_count", "int", "", "logical CPUs"),
+    _C("memory_total_bytes", "int", "bytes", "physical memory"),
+    _C("torch_threads", "int", "", "torch.get_num_threads() during the run"),
+    _C("gpu_name", "str", "", "GPU 0 name from NVML; empty without a GPU"),
+    _C("gpu_count", "int", "", "GPUs NVML sees"),
+    _C("gpu_driver", "str", "", "NVIDIA driver version from NVML"),
+    _C("gpu_memory_total_bytes", "int", "bytes", "GPU 0 memory from NVML"),
+    _C("cuda_version", "str", "", "CUDA version torch was built with (torch.version.cuda)"),
+    _C("torch_version", "str", "", "torch.__version__"),
+    _C("python_version", "str", "", "Python version"),
+    _C("platform", "str", "", "platform.platform()"),
+    _C("git_commit", "str", "", "commit of the suite's checkout, `-dirty` with local changes"),
+    _C("cpu_malloc", "str", "", "malloc settings for the run (see bench_lib/allocator.py)"),
+)
+COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+REQUIRED = ("schema_version", *KEY_FIELDS, "status")
+SAMPLE_COLUMNS = ("run_id", *KEY_FIELDS, "round", "latency_ms", "host_latency_ms")
+
+_DTYPES = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean"}
+# Each migration takes a frame of version v and returns one of version v + 1.
+_MIGRATIONS: dict[int, Any] = {}
+
+
+def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows (mappings of column name to value) as a frame with every schema column, typed."""
+    rows = list(rows)
+    unknown = {k for row in rows for k in row} - set(COLUMN_NAMES)
+    if unknown:
+        raise ValueError(f"columns not in the schema: {sorted(unknown)}")
+    frame = pd.DataFrame(rows, columns=list(COLUMN_NAMES))
+    return _typed(frame)
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for col in COLUMNS:
+        if col.name in frame:
+            frame[col.name] = frame[col.name].astype(_DTYPES[col.kind])
+    for name in ("mode", "strategy", "optimizer", "error"):
+        if name in frame:
+            frame[name] = frame[name].fillna("")
+    return frame
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write `frame` to `path` so that a reader (or a crash) never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            frame.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def samples_path(report: Path) -> Path:
+    """The raw-samples companion of a report: `x.csv` -> `x.samples.csv`."""
+    return report.with_name(report.stem + ".samples.csv")
+
+
+def read_report(path: Path | str) -> pd.DataFrame:
+    """Read and validate one report; raise `UserError` naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: empty file, not a report") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a CSV report ({str(exc).splitlines()[0]})") from None
+    if "schema_version" not in frame:
+        raise UserError(f"{path}: no schema_version column: not a bench_lib report")
+    versions = pd.to_numeric(frame["schema_version"], errors="coerce")
+    if frame.empty or versions.isna().any():
+        raise UserError(f"{path}: schema_version missing or not a number")
+    version = int(versions.max())
+    if version > SCHEMA_VERSION:
+        raise UserError(
+            f"{path}: schema_version {version} is newer than this bench_lib reads ({SCHEMA_VERSION}); upgrade bench_lib"
+        )
+    missing = [c for c in REQUIRED if c not in frame]
+    if missing:
+        raise UserError(f"{path}: missing required columns: {', '.join(missing)}")
+    frame = frame.replace("", pd.NA)
+    for v in range(version, SCHEMA_VERSION):
+        frame = _MIGRATIONS[v](frame)
+    try:
+        frame = _typed(frame)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: a column has values of the wrong type ({exc})") from None
+    bad_status = set(frame["status"].dropna()) - set(STATUSES)
+    if bad_status:
+        raise UserError(f"{path}: unknown status values: {', '.join(sorted(bad_status))}")
+    numeric = [c.name for c in COLUMNS if c.kind in ("int", "float") and c.name in frame]
+    negative = [c for c in numeric if (frame[c].dropna() < 0).any()]
+    if negative:
+        raise UserError(f"{path}: negative values in {', '.join(negative)}")
+    return frame
+
+
+def markdown_table() -> str:
+    """The column reference of docs/results.md, generated from `COLUMNS`."""
+    lines = ["| column | type | unit | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{c.name}` | {c.kind} | {c.unit} | {c.description} |" for c in COLUMNS]
+    return "\n".join(lines)

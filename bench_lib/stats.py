@@ -1,0 +1,67 @@
+"""Summary statistics of latency samples, computed from the raw samples and never stored alone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# torch.utils.benchmark warns when IQR / median exceeds 10%: the same threshold marks noise here.
+NOISY_IQR_FRACTION = 0.10
+# Fewer rounds than this make a p99 little more than the maximum.
+MIN_ROUNDS_FOR_P99 = 100
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics of per-call latencies in milliseconds (each sample is one round's mean call).
+
+    Percentiles use linear interpolation between order statistics (numpy's default); `stddev` is
+    the sample standard deviation (ddof=1; 0 for a single sample); `iqr` is p75 - p25.
+    """
+
+    median: float
+    mean: float
+    min: float
+    max: float
+    p90: float
+    p99: float
+    iqr: float
+    stddev: float
+    rounds: int
+
+    @property
+    def noisy(self) -> bool:
+        """True when the spread (IQR) exceeds 10% of the median: the figure is not trustworthy."""
+        return self.median > 0 and self.iqr / self.median > NOISY_IQR_FRACTION
+
+
+def summarize(samples_ms: Sequence[float]) -> LatencyStats:
+    """Statistics of a non-empty sequence of positive latencies in milliseconds."""
+    values = np.asarray(samples_ms, dtype=float)
+    if values.size == 0:
+        raise ValueError("no samples to summarize")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError("latency samples must be finite and non-negative")
+    p25, p50, p75, p90, p99 = np.percentile(values, [25, 50, 75, 90, 99])
+    return LatencyStats(
+        median=float(p50),
+        mean=float(values.mean()),
+        min=float(values.min()),
+        max=float(values.max()),
+        p90=float(p90),
+        p99=float(p99),
+        iqr=float(p75 - p25),
+        stddev=float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        rounds=int(values.size),
+    )
+
+
+def ratio_of_medians(samples_ms: Sequence[float], reference_ms: Sequence[float]) -> float:
+    """median(samples) / median(reference): the drift-robust comparison when both sides were
+    measured interleaved, round by round, in the same process."""
+    reference = float(np.median(reference_ms))
+    if reference <= 0:
+        raise ValueError("reference median must be positive")
+    return float(np.median(samples_ms)) / reference

@@ -1,0 +1,133 @@
+"""The round loop: warm-up, fixed work per round, and interleaving of the variants compared.
+
+Variants of one case (e.g. the grad modes of one model, device and batch size) are measured
+round-robin in one process: round r times every variant once, starting from variant r mod n, so
+slow drift of the machine's speed hits every variant alike and ratios between them stay true.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+from bench_lib.devices import Device
+from bench_lib.stats import LatencyStats, summarize
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One thing to time: `fn` is called `iterations` times per round inside `context()`.
+
+    The context is entered outside the timed region (its own cost is not the variant's).
+    """
+
+    name: str
+    fn: Callable[[], object]
+    context: Callable[[], AbstractContextManager[object]] = nullcontext
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Raw timings of one variant: one sample per round, each the mean time of one call in ms.
+
+    `device_ms` holds CUDA-event times (None on the CPU); `host_ms` host wall times.
+    """
+
+    iterations: int
+    host_ms: tuple[float, ...]
+    device_ms: tuple[float, ...] | None = None
+    warmup_rounds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError("iterations must be >= 1")
+        if not self.host_ms:
+            raise ValueError("no rounds recorded")
+        if self.device_ms is not None and len(self.device_ms) != len(self.host_ms):
+            raise ValueError("host and device samples differ in length")
+
+    @property
+    def primary_ms(self) -> tuple[float, ...]:
+        """Device time where measured (CUDA events), host time otherwise."""
+        return self.device_ms if self.device_ms is not None else self.host_ms
+
+    @property
+    def rounds(self) -> int:
+        return len(self.host_ms)
+
+    def stats(self) -> LatencyStats:
+        return summarize(self.primary_ms)
+
+    def host_stats(self) -> LatencyStats:
+        return summarize(self.host_ms)
+
+
+@dataclass
+class Interleaved:
+    """What `measure_interleaved` returns: samples of the variants that ran, errors of the others."""
+
+    samples: dict[str, Samples] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+
+
+@contextmanager
+def gc_disabled() -> Iterator[None]:
+    """Collect garbage, then keep the collector off so it cannot fire inside a timed round."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def measure_interleaved(
+    variants: Sequence[Variant],
+    device: Device,
+    *,
+    rounds: int,
+    warmup_rounds: int,
+    iterations: int,
+    on_error: Callable[[BaseException], None] | None = None,
+) -> Interleaved:
+    """Time `variants` round-robin: `warmup_rounds` untimed rounds, then `rounds` timed ones.
+
+    A variant that raises is dropped from the remaining rounds and its exception reported in
+    `errors` (after `on_error`, e.g. releasing device memory); the others go on. `KeyboardInterrupt`
+    propagates.
+    """
+    if rounds < 1 or warmup_rounds < 0 or iterations < 1:
+        raise ValueError("need rounds >= 1, warmup_rounds >= 0 and iterations >= 1")
+    result = Interleaved()
+    active = list(variants)
+    host: dict[str, list[float]] = {v.name: [] for v in variants}
+    dev: dict[str, list[float]] = {v.name: [] for v in variants}
+    with gc_disabled():
+        for r in range(warmup_rounds + rounds):
+            shift = r % len(active) if active else 0
+            for variant in active[shift:] + active[:shift]:
+                try:
+                    with variant.context():
+                        timed = device.time_round(variant.fn, iterations)
+                except Exception as exc:  # noqa: BLE001 - recorded per variant, the run goes on
+                    result.errors[variant.name] = exc
+                    if on_error is not None:
+                        on_error(exc)
+                    continue
+                if r >= warmup_rounds:
+                    host[variant.name].append(timed.host_s * 1e3 / iterations)
+                    if timed.device_s is not None:
+                        dev[variant.name].append(timed.device_s * 1e3 / iterations)
+            active = [v for v in active if v.name not in result.errors]
+    for v in active:
+        result.samples[v.name] = Samples(
+            iterations=iterations,
+            host_ms=tuple(host[v.name]),
+            device_ms=tuple(dev[v.name]) if dev[v.name] else None,
+            warmup_rounds=warmup_rounds,
+        )
+    return result

@@ -1,0 +1,135 @@
+"""The pytest face of the suite: options, case parametrization, and the report at session end.
+
+A thin layer over `bench_lib.session.BenchSession`; all measuring happens in `bench_lib`.
+Options can also be given as environment variables (the Makefile passes PROFILE etc. through).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench_lib.errors import UserError
+from bench_lib.report import render_summary
+from bench_lib.results import CaseResult
+from bench_lib.session import BenchSession, RunConfig
+
+# option name, environment variable, default, help
+OPTIONS = (
+    ("profile", "BENCH_PROFILE", "default", "benchmark profile: tiny, default or full"),
+    ("models", "BENCH_MODELS", "", "comma-separated zoo models (default: all)"),
+    (
+        "devices",
+        "BENCH_DEVICES",
+        "auto",
+        "comma-separated device kinds: cpu, cuda (default: auto, every kind)",
+    ),
+    ("modes", "BENCH_MODES", "", "comma-separated grad modes (default: grad, no_grad, inference_mode)"),
+    ("threads", "BENCH_THREADS", "1", "torch intra-op threads, or 'default' for torch's own choice"),
+    ("results-dir", "BENCH_RESULTS_DIR", "results", "folder for the CSV reports"),
+    (
+        "malloc",
+        "BENCH_MALLOC",
+        "pinned",
+        "'pinned' fixes glibc malloc thresholds (reproducible CPU figures), 'default' leaves them",
+    ),
+)
+CONFIG_KEY = pytest.StashKey[RunConfig]()
+SESSION_KEY = pytest.StashKey[BenchSession]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bench_lib", "bench_lib benchmark suite")
+    for name, env, default, help_text in OPTIONS:
+        group.addoption(
+            f"--bench-{name}",
+            default=os.environ.get(env, default),
+            help=f"{help_text}. Env {env}; default {default!r}.",
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    def opt(name: str) -> str:
+        return config.getoption(f"--bench-{name}")
+
+    try:
+        config.stash[CONFIG_KEY] = RunConfig.parse(
+            profile=opt("profile"),
+            models=opt("models"),
+            devices=opt("devices"),
+            modes=opt("modes"),
+            threads=opt("threads"),
+            results_dir=opt("results-dir"),
+            malloc=opt("malloc"),
+        )
+    except UserError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "inference_case" not in metafunc.fixturenames:
+        return
+    params = []
+    for case in metafunc.config.stash[CONFIG_KEY].inference_cases():
+        reason = _unavailable(case.device)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    metafunc.parametrize("inference_case", params)
+
+
+def _unavailable(kind: str) -> str | None:
+    from bench_lib.devices import unavailable_reason
+
+    return unavailable_reason(kind)
+
+
+@pytest.fixture(scope="session")
+def bench_session(request: pytest.FixtureRequest) -> BenchSession:
+    """Created on first use only, so unit-test runs leave threads, malloc and results/ alone."""
+    stash = request.config.stash
+    if SESSION_KEY not in stash:
+        stash[SESSION_KEY] = BenchSession(stash[CONFIG_KEY])
+    return stash[SESSION_KEY]
+
+
+def report_to_pytest_benchmark(benchmark, result: CaseResult) -> None:  # type: ignore[no-untyped-def]
+    """Hand the case's interleaved samples to pytest-benchmark, so its table, JSON and compare
+    see the same rounds as the CSV report (it cannot time interleaved variants itself).
+
+    Uses pytest-benchmark's `_make_stats` (stable since 3.x, checked on 5.x); without it, the
+    figures only go into `extra_info`.
+    """
+    case = result.case
+    benchmark.group = f"{case.suite} {case.model} {case.device} b{case.batch_size}"
+    benchmark._mode = "bench_lib interleaved rounds"  # we fed it; no "fixture not used" warning
+    benchmark.extra_info.update({k: v for k, v in result.metrics.items() if v is not None})
+    if result.samples is None or not benchmark.enabled or not hasattr(benchmark, "_make_stats"):
+        return
+    iterations = result.samples.iterations
+    stats = benchmark._make_stats(iterations)
+    for ms in result.samples.primary_ms:
+        stats.update(ms / 1e3 * iterations)  # it takes round durations in seconds
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    bench = session.config.stash.get(SESSION_KEY, None)
+    if bench is not None:
+        bench.close()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    bench = config.stash.get(SESSION_KEY, None)
+    if bench is None or not bench.writer.rows:
+        return
+    tr = terminalreporter
+    tr.section("bench_lib summary")
+    env = bench.env
+    tr.write_line(
+        f"machine {env.machine_id}: {env.cpu_model}, {env.cpu_count} CPUs, torch {env.torch_version}, "
+        f"{env.torch_threads} thread(s)" + (f", {env.gpu_name}" if env.gpu_name else "")
+    )
+    tr.write_line(render_summary(bench.writer.frame()))
+    tr.write_line("")
+    tr.write_line(f"report: {bench.writer.path} (copied to {bench.writer.results_dir / 'latest.csv'})")
