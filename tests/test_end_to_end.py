@@ -1,0 +1,86 @@
+"""The real suite, run as a user runs it: `pytest benchmarks/` in a subprocess, tiny profile."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench_lib.schema import read_report
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMORY = ["mem_peak_bytes", "mem_saved_for_backward_bytes"]
+
+pytestmark = pytest.mark.slow
+
+
+def run_suite(results_dir, *args, env=None):
+    cmd = [
+        sys.executable, "-m", "pytest", "benchmarks/", "-p", "no:cacheprovider",
+        "--bench-profile=tiny", f"--bench-results-dir={results_dir}", "--bench-devices=cpu", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    reports = []
+    for i in range(2):
+        out = tmp_path_factory.mktemp(f"run{i}")
+        proc = run_suite(out)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        reports.append((out, proc))
+    return reports
+
+
+def test_suite_writes_a_valid_report_with_every_case(two_runs):
+    out, proc = two_runs[0]
+    frame = read_report(out / "latest.csv")
+    assert len(frame) == 4 * 2 * 3  # models x batch sizes x modes, CPU only
+    assert set(frame["status"]) == {"ok"}
+    assert set(frame["mode"]) == {"grad", "no_grad", "inference_mode"}
+    assert (frame["rounds"] == 5).all() and (frame["latency_ms_median"] > 0).all()
+    grad = frame[frame["mode"] == "grad"]
+    assert (grad["latency_ratio_to_grad"] == 1.0).all() and (grad["mem_saved_for_backward_bytes"] > 0).all()
+    others = frame[frame["mode"] != "grad"]
+    assert (others["mem_saved_for_backward_bytes"] == 0).all()
+    assert (frame["torch_threads"] == 1).all() and frame["machine_id"].nunique() == 1
+    runs = [p for p in out.iterdir() if p.name.endswith(".csv") and not p.name.startswith("latest")]
+    assert len(runs) == 2  # <timestamp>_<machine id>.csv and its .samples.csv
+    samples = pd.read_csv(out / "latest.samples.csv")
+    assert len(samples) == len(frame) * 5
+    assert "bench_lib summary" in proc.stdout and "inference x" in proc.stdout
+
+
+def test_memory_columns_are_identical_between_runs(two_runs):
+    frames = [
+        read_report(out / "latest.csv").set_index(["model", "batch_size", "mode"]) for out, _ in two_runs
+    ]
+    pd.testing.assert_frame_equal(frames[0][MEMORY].sort_index(), frames[1][MEMORY].sort_index())
+
+
+def test_selecting_a_subset_with_k(tmp_path):
+    proc = run_suite(tmp_path, "-k", "transformer and no_grad")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    frame = read_report(tmp_path / "latest.csv")
+    assert set(frame["model"]) == {"transformer"} and set(frame["mode"]) == {"no_grad"}
+    assert frame["latency_ratio_to_grad"].notna().all()  # grad was measured as the reference
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [("--bench-profile=huge", "unknown profile 'huge'"), ("--bench-models=resnet", "unknown model 'resnet'")],
+)
+def test_bad_options_give_one_error_line_and_no_traceback(tmp_path, option, message):
+    proc = run_suite(tmp_path, option)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "latest.csv").exists()
+
+
+def test_cuda_cases_are_skipped_with_a_reason_without_a_gpu(tmp_path):
+    proc = run_suite(tmp_path, "--bench-devices=cuda", "-rs")
+    if "CUDA not available" not in proc.stdout:
+        pytest.skip("this machine has CUDA")
+    assert proc.returncode == 0 and "skipped" in proc.stdout

@@ -1,0 +1,117 @@
+"""Memory accounting against byte counts computed by hand (fp32: 4 bytes per element)."""
+
+import pytest
+import torch
+from torch import nn
+
+from bench_lib.devices import CudaAllocatorPeak
+from bench_lib.memory import RssPeak, SavedTensorCounter, StoragePeakTracker, storage_bytes
+
+
+def forward_figures(model, x, ctx=torch.enable_grad):
+    peak, saved = StoragePeakTracker(), SavedTensorCounter(model.parameters())
+    with ctx(), peak.track(), saved.track():
+        y = model(x)
+    return peak, saved, y
+
+
+def test_single_linear_saves_exactly_its_input():
+    torch.manual_seed(0)
+    lin, x = nn.Linear(4, 3), torch.randn(5, 4)
+    peak, saved, _ = forward_figures(lin, x)
+    assert saved.saved_bytes == 5 * 4 * 4  # the input; the weight is a parameter, not extra memory
+    assert peak.peak_bytes == 5 * 3 * 4  # the output is the only new storage
+
+
+@pytest.mark.parametrize("ctx", [torch.no_grad, torch.inference_mode])
+def test_nothing_is_saved_without_grad(ctx):
+    peak, saved, _ = forward_figures(nn.Linear(4, 3), torch.randn(5, 4), ctx)
+    assert saved.saved_bytes == 0 and saved.saved_tensors == 0
+    assert peak.peak_bytes == 60
+
+
+def test_two_layer_mlp_peak_and_saved_bytes():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    peak, saved, _ = forward_figures(model, torch.randn(5, 4))
+    h = 5 * 8 * 4  # 160 bytes per hidden activation
+    # after ReLU both the Linear output (its input) and the ReLU output are alive: 2 * 160
+    assert peak.peak_bytes == 2 * h
+    assert peak.allocated_bytes == 2 * h + 5 * 3 * 4
+    # saved: the input x for the first Linear, the ReLU output (ReLU saves its result and the
+    # second Linear saves the same storage as its input: counted once)
+    assert saved.saved_bytes == 5 * 4 * 4 + h
+
+
+def test_views_and_in_place_ops_allocate_nothing():
+    x = torch.randn(16, 16)
+    tracker = StoragePeakTracker()
+    with tracker.track():
+        x.view(-1)
+        x.add_(1)
+        x[2:4].mul_(2)
+    assert tracker.peak_bytes == 0
+
+
+def test_freed_storages_leave_the_live_total():
+    tracker = StoragePeakTracker()
+    with tracker.track():
+        for _ in range(3):
+            tmp = torch.ones(256)  # 1 KiB, the previous one is freed when tmp is rebound
+        del tmp
+        keep = torch.ones(128)
+    assert tracker.peak_bytes == 2048  # the new one exists before the old one is released
+    assert tracker.allocated_bytes == 3 * 1024 + 512
+    del keep
+
+
+def test_storage_bytes_counts_views_once():
+    x = torch.zeros(10)
+    assert storage_bytes([x, x[2:], x.view(2, 5)]) == 40
+
+
+def test_saved_counter_counts_each_storage_once():
+    x = torch.randn(8, requires_grad=True)
+    counter = SavedTensorCounter()
+    with counter.track():
+        y = x * x  # saves x twice (once per operand)
+    assert counter.saved_tensors == 2 and counter.saved_bytes == 32
+    del y
+
+
+class FakeCudaMemory:
+    def __init__(self):
+        self.allocated, self.peak, self.calls = 1000, 1000, []
+
+    def synchronize(self, index=None):
+        self.calls.append("sync")
+
+    def reset_peak_memory_stats(self, index=None):
+        self.peak = self.allocated
+
+    def memory_allocated(self, index=None):
+        return self.allocated
+
+    def max_memory_allocated(self, index=None):
+        return self.peak
+
+    def alloc(self, n):
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+
+def test_cuda_peak_is_the_allocator_peak_beyond_live_bytes_before():
+    cuda = FakeCudaMemory()
+    counter = CudaAllocatorPeak(0, cuda)
+    with counter.track():
+        cuda.alloc(512)
+        cuda.alloc(1024)
+        cuda.alloc(-1024)
+    assert counter.peak_bytes == 1536
+    assert cuda.calls == ["sync", "sync"]
+
+
+def test_rss_peak_is_a_byte_count_or_unknown():
+    with RssPeak().track() as rss:
+        block = torch.ones(4 << 20)  # 16 MiB, touched
+    assert rss.delta_bytes is None or rss.delta_bytes >= 0
+    del block

@@ -1,0 +1,128 @@
+"""The report format: round trip, atomic writes, validation of bad input, and its documentation."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench_lib.cases import Case
+from bench_lib.environment import collect_environment
+from bench_lib.errors import UserError
+from bench_lib.results import CaseResult
+from bench_lib.schema import (
+    COLUMN_NAMES,
+    SCHEMA_VERSION,
+    read_report,
+    samples_path,
+    to_frame,
+    write_csv_atomic,
+)
+from bench_lib.session import ReportWriter
+from bench_lib.timing import Samples
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "results.md"
+
+
+def result(mode="grad", status="ok", error="", latency=(1.0, 2.0, 3.0)):
+    case = Case("inference", "mlp", "cpu", mode, 32)
+    if status != "ok":
+        return CaseResult(case, status, error, metrics={"mem_peak_bytes": 10})
+    samples = Samples(iterations=2, host_ms=latency, warmup_rounds=1)
+    metrics = {"mem_peak_bytes": 1024, "mem_saved_for_backward_bytes": 512, "latency_ratio_to_grad": 1.0}
+    return CaseResult(case, samples=samples, items_per_batch=32, metrics=metrics)
+
+
+@pytest.fixture
+def report(tmp_path):
+    writer = ReportWriter(tmp_path, collect_environment(), "tiny")
+    writer.add(result())
+    writer.add(result("no_grad", "failed", "no_grad: output has a grad_fn"))
+    writer.finish()
+    return writer
+
+
+def test_round_trip_keeps_values_and_types(report):
+    frame = read_report(report.results_dir / "latest.csv")
+    assert list(frame.columns) == list(COLUMN_NAMES)
+    ok, failed = frame.iloc[0], frame.iloc[1]
+    assert ok["schema_version"] == SCHEMA_VERSION and ok["status"] == "ok"
+    assert ok["latency_ms_median"] == 2.0 and ok["rounds"] == 3 and ok["iterations"] == 2
+    assert ok["throughput_items_per_s"] == pytest.approx(16000.0)
+    assert ok["mem_peak_bytes"] == 1024 and str(frame["mem_peak_bytes"].dtype) == "Int64"
+    assert ok["strategy"] == "" and ok["run_id"] == report.run_id
+    assert failed["status"] == "failed" and failed["error"] == "no_grad: output has a grad_fn"
+    assert pd.isna(failed["latency_ms_median"])
+
+
+def test_raw_samples_are_kept_beside_the_report(report):
+    samples = pd.read_csv(samples_path(report.path))
+    assert list(samples["latency_ms"]) == [1.0, 2.0, 3.0]
+    assert list(samples["round"]) == [0, 1, 2] and set(samples["mode"]) == {"grad"}
+
+
+def test_report_is_rewritten_after_every_case(tmp_path):
+    writer = ReportWriter(tmp_path, collect_environment(), "tiny")
+    writer.add(result())
+    assert len(read_report(writer.path)) == 1  # an interrupted run keeps this row
+    writer.add(result("no_grad"))
+    assert len(read_report(writer.path)) == 2
+    assert not (tmp_path / "latest.csv").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "r.csv"
+    write_csv_atomic(pd.DataFrame({"a": [1]}), path)
+
+    class Exploding(pd.DataFrame):
+        def to_csv(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_csv_atomic(Exploding({"a": [2]}), path)
+    assert path.read_text() == "a\n1\n" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_unknown_columns_are_refused():
+    with pytest.raises(ValueError, match="not in the schema"):
+        to_frame([{"latency_seconds": 1.0}])
+
+
+def write(tmp_path, text, name="r.csv"):
+    path = tmp_path / name
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    return path
+
+
+def valid_text(report):
+    return (report.results_dir / "latest.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp, rep: tmp / "missing.csv", "no such file"),
+        (lambda tmp, rep: write(tmp, ""), "empty file"),
+        (lambda tmp, rep: write(tmp, "name,score\nalice,3\n"), "no schema_version column"),
+        (lambda tmp, rep: write(tmp, b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"), "schema_version|not a CSV"),
+        (lambda tmp, rep: write(tmp, valid_text(rep).replace("\n1,", "\n99,")), "newer than this bench_lib"),
+        (lambda tmp, rep: write(tmp, "schema_version,model\n1,mlp\n"), "missing required columns: suite"),
+        (
+            lambda tmp, rep: write(tmp, valid_text(rep).replace(",1024,", ",-1024,")),
+            "negative values in mem_peak_bytes",
+        ),
+        (lambda tmp, rep: write(tmp, valid_text(rep).replace(",ok,", ",great,")), "unknown status"),
+        (lambda tmp, rep: write(tmp, valid_text(rep).replace(",1024,", ",lots,")), "wrong type"),
+    ],
+)
+def test_bad_reports_give_one_clear_error_naming_the_file(tmp_path, report, make, message):
+    path = make(tmp_path, report)
+    with pytest.raises(UserError, match=message) as err:
+        read_report(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_every_column_is_documented():
+    doc = DOCS.read_text()
+    missing = [c for c in COLUMN_NAMES if f"`{c}`" not in doc]
+    assert missing == []

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from bench_lib.errors import UserError
+from bench_lib.session import DEFAULT_THREADS, RunConfig, torch_threads
+
+
+def test_defaults():
+    config = RunConfig.parse()
+    assert config.profile.name == "default" and config.threads == DEFAULT_THREADS
+    assert config.models == ("mlp", "cnn", "transformer", "polynomial")
+    assert config.devices == ("cpu", "cuda") and config.modes == ("grad", "no_grad", "inference_mode")
+
+
+def test_selection_and_case_expansion():
+    config = RunConfig.parse(profile="tiny", models="transformer,mlp", devices="cpu", modes="no_grad")
+    cases = config.inference_cases()
+    assert [c.id for c in cases] == [
+        "transformer-cpu-b1-no_grad",
+        "transformer-cpu-b4-no_grad",
+        "mlp-cpu-b1-no_grad",
+        "mlp-cpu-b4-no_grad",
+    ]
+    assert config.threads == 1 and RunConfig.parse(threads="default").threads is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"profile": "huge"}, "unknown profile 'huge'"),
+        ({"models": "mlp,resnet"}, "unknown model 'resnet'"),
+        ({"devices": "tpu"}, "unknown device 'tpu'"),
+        ({"modes": "eval"}, "unknown mode 'eval'"),
+        ({"threads": "0"}, "threads must be a positive integer"),
+        ({"threads": "many"}, "threads must be a positive integer"),
+        ({"malloc": "jemalloc"}, "unknown malloc setting"),
+    ],
+)
+def test_bad_options_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        RunConfig.parse(**kwargs)
+
+
+def test_torch_threads_are_restored():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
