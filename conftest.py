@@ -27,6 +27,12 @@ OPTIONS = (
     ),
     ("modes", "BENCH_MODES", "", "comma-separated grad modes (default: grad, no_grad, inference_mode)"),
     ("threads", "BENCH_THREADS", "1", "torch intra-op threads, or 'default' for torch's own choice"),
+    (
+        "processes",
+        "BENCH_PROCESSES",
+        "",
+        "worker processes per group (default: the profile's; 0 = in this process)",
+    ),
     ("results-dir", "BENCH_RESULTS_DIR", "results", "folder for the CSV reports"),
     (
         "malloc",
@@ -62,6 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
             threads=opt("threads"),
             results_dir=opt("results-dir"),
             malloc=opt("malloc"),
+            processes=opt("processes"),
         )
     except UserError as exc:
         raise pytest.UsageError(str(exc)) from None

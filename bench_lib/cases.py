@@ -51,7 +51,8 @@ class Case:
 
 @dataclass(frozen=True)
 class Profile:
-    """How much to measure: which batch sizes, and how many rounds per case.
+    """How much to measure: which batch sizes, how many worker processes per group, and how many
+    rounds each process measures (after its warm-up rounds).
 
     `iterations` overrides every model's own calls-per-round when set (the tiny test profile
     uses 1, so that it runs in seconds).
@@ -61,6 +62,7 @@ class Profile:
     batch_sizes: tuple[int, ...]
     rounds: int
     warmup_rounds: int
+    processes: int = 1
     iterations: int | None = None
     description: str = ""
 
@@ -69,29 +71,19 @@ PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile(
-            "tiny",
-            (1, 4),
-            rounds=5,
-            warmup_rounds=1,
-            iterations=1,
+            "tiny", (1, 4), rounds=5, warmup_rounds=1, processes=1, iterations=1,
             description="seconds; for the end-to-end tests, figures not meaningful",
         ),
         Profile(
-            "default",
-            (1, 32),
-            rounds=300,
-            warmup_rounds=20,
-            description="the default make bench: a few minutes on a 2-core machine",
+            "default", (1, 32), rounds=100, warmup_rounds=10, processes=3,
+            description="the default make bench: 3 processes x 100 rounds per group",
         ),
         Profile(
-            "full",
-            (1, 32, 128),
-            rounds=1000,
-            warmup_rounds=50,
-            description="adds batch 128 and more rounds (steadier p99)",
+            "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5,
+            description="adds batch 128; 5 processes x 200 rounds (steadier p99)",
         ),
     )
-}
+}  # fmt: skip
 
 
 def get_profile(name: str) -> Profile:

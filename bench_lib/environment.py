@@ -7,6 +7,8 @@ import os
 import platform
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,3 +114,15 @@ def collect_environment(cpu_malloc: str = "default", nvml: object | None = None)
         "cpu_malloc": cpu_malloc,
     }
     return Environment(machine_id=machine_id(fields), **fields)  # type: ignore[arg-type]
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block (None leaves them), restoring them after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

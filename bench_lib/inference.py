@@ -13,7 +13,6 @@ from bench_lib.memory import RssPeak, SavedTensorCounter
 from bench_lib.models import ModelSpec
 from bench_lib.modes import REFERENCE_MODE, mode_context, outputs_mismatch, semantics_violation
 from bench_lib.results import FAILED, CaseResult, failure
-from bench_lib.stats import ratio_of_medians
 from bench_lib.timing import Variant, measure_interleaved
 
 SEED = 0
@@ -46,9 +45,9 @@ def measure_inference_group(
     For each mode: one warm-up call, then one probe forward that counts peak tensor bytes, bytes
     saved for backward and the RSS high-water change, and checks the mode's semantics and that its
     output equals grad mode's. Then the modes that passed are timed round-robin
-    (`profile.rounds` rounds after `profile.warmup_rounds`), and each gets its ratio of medians to
-    grad mode. The reference mode is always measured, even when not asked for, because the ratios
-    need it; only the asked-for modes are returned.
+    (`profile.rounds` rounds after `profile.warmup_rounds`). The reference mode (grad) is always
+    measured and returned, even when not asked for, because the ratios to it need it (the caller
+    adds them with `results.with_ratios`, after pooling processes).
     """
     measured = list(dict.fromkeys([REFERENCE_MODE, *modes]))
     cases = {m: Case(INFERENCE, spec.name, device.kind, m, batch_size) for m in measured}
@@ -59,7 +58,7 @@ def measure_inference_group(
         has_trainable = any(p.requires_grad for p in model.parameters())
     except Exception as exc:  # noqa: BLE001 - a broken model fails its cases, the run goes on
         device.release_memory()
-        return {m: failure(cases[m], exc) for m in modes}
+        return {m: failure(cases[m], exc) for m in measured}
 
     results: dict[str, CaseResult] = {}
     metrics: dict[str, dict] = {}
@@ -97,13 +96,11 @@ def measure_inference_group(
     )
     for mode, exc in timed.errors.items():
         results[mode] = failure(cases[mode], exc, **metrics[mode])
-    reference = timed.samples.get(REFERENCE_MODE)
     for mode, samples in timed.samples.items():
-        ratio = ratio_of_medians(samples.primary_ms, reference.primary_ms) if reference else None
         results[mode] = CaseResult(
             cases[mode],
             samples=samples,
             items_per_batch=spec.items_per_batch(batch_size),
-            metrics={**metrics[mode], "latency_ratio_to_grad": ratio},
+            metrics=metrics[mode],
         )
-    return {m: results[m] for m in modes}
+    return {m: results[m] for m in measured}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
 from bench_lib.cases import Case
+from bench_lib.stats import paired_ratio
 from bench_lib.timing import Samples
 
 OK, FAILED, OOM = "ok", "failed", "oom"
@@ -41,6 +42,37 @@ class CaseResult:
     def ok(self) -> bool:
         return self.status == OK
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form, for passing results from worker processes."""
+        return {
+            "case": asdict(self.case),
+            "status": self.status,
+            "error": self.error,
+            "samples": asdict(self.samples) if self.samples is not None else None,
+            "items_per_batch": self.items_per_batch,
+            "metrics": dict(self.metrics),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseResult:
+        samples = data.get("samples")
+        if samples is not None:
+            samples = Samples(
+                iterations=samples["iterations"],
+                host_ms=tuple(samples["host_ms"]),
+                device_ms=tuple(samples["device_ms"]) if samples["device_ms"] is not None else None,
+                warmup_rounds=samples["warmup_rounds"],
+                process=tuple(samples["process"]),
+            )
+        return cls(
+            case=Case(**data["case"]),
+            status=data["status"],
+            error=data["error"],
+            samples=samples,
+            items_per_batch=data["items_per_batch"],
+            metrics=data["metrics"],
+        )
+
     def row(self) -> dict[str, Any]:
         """The case's report columns (identity, status, latency statistics, metrics)."""
         row: dict[str, Any] = {**asdict(self.case), "status": self.status, "error": self.error}
@@ -64,6 +96,23 @@ class CaseResult:
             }
         row |= dict(self.metrics)
         return row
+
+
+def with_ratios(results: Mapping[str, CaseResult], reference: str, column: str) -> dict[str, CaseResult]:
+    """Add `column`, each result's latency ratio to the `reference` result's, to the metrics.
+
+    The ratio is paired: per process, median over the reference's median from the same
+    interleaved rounds, then the median across processes (see `stats.paired_ratio`). None when
+    the reference has no samples.
+    """
+    ref = results.get(reference)
+    out = {}
+    for name, result in results.items():
+        ratio = None
+        if result.samples is not None and ref is not None and ref.samples is not None:
+            ratio = paired_ratio(result.samples.by_process(), ref.samples.by_process())
+        out[name] = replace(result, metrics={**result.metrics, column: ratio}) if result.ok else result
+    return out
 
 
 def failure(case: Case, exc: BaseException, **metrics: Any) -> CaseResult:

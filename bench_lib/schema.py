@@ -115,7 +115,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 REQUIRED = ("schema_version", *KEY_FIELDS, "status")
-SAMPLE_COLUMNS = ("run_id", *KEY_FIELDS, "round", "latency_ms", "host_latency_ms")
+SAMPLE_COLUMNS = ("run_id", *KEY_FIELDS, "process", "round", "latency_ms", "host_latency_ms")
 
 _DTYPES = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean"}
 # Each migration takes a frame of version v and returns one of version v + 1.

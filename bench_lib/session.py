@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from bench_lib.allocator import pin_glibc_malloc
 from bench_lib.cases import Case, Profile, get_profile, inference_cases, parse_list
-from bench_lib.devices import Device, make_device, parse_device_kinds, unavailable_reason
-from bench_lib.environment import Environment, collect_environment
+from bench_lib.devices import parse_device_kinds
+from bench_lib.environment import Environment, collect_environment, torch_threads
 from bench_lib.errors import UserError
-from bench_lib.inference import measure_inference_group
-from bench_lib.models import ZOO, get_model
-from bench_lib.modes import MODES
-from bench_lib.results import CaseResult
+from bench_lib.models import ZOO
+from bench_lib.modes import MODES, REFERENCE_MODE
+from bench_lib.results import CaseResult, with_ratios
+from bench_lib.runner import run_group
 from bench_lib.schema import SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
 
 DEFAULT_THREADS = 1  # like torch.utils.benchmark: steadier figures; BENCH_THREADS overrides
@@ -52,16 +49,22 @@ class RunConfig:
         threads: str | None = None,
         results_dir: str | Path = "results",
         malloc: str = "pinned",
+        processes: str | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
         if malloc not in ("pinned", "default"):
             raise UserError(f"unknown malloc setting {malloc!r} (known: pinned, default)")
+        chosen = get_profile(profile)
+        if processes is not None and processes.strip():
+            chosen = replace(chosen, processes=_parse_count(processes, "processes", minimum=0))
         return cls(
-            profile=get_profile(profile),
+            profile=chosen,
             models=tuple(parse_list(models, list(ZOO), "model")),
             devices=tuple(parse_device_kinds(devices)),
             modes=tuple(parse_list(modes, list(MODES), "mode")),
-            threads=_parse_threads(threads),
+            threads=None
+            if threads == "default"
+            else _parse_count(threads or str(DEFAULT_THREADS), "threads"),
             results_dir=Path(results_dir),
             pin_malloc=malloc == "pinned",
         )
@@ -70,30 +73,15 @@ class RunConfig:
         return inference_cases(self.profile, self.models, self.devices, self.modes)
 
 
-def _parse_threads(text: str | None) -> int | None:
-    if text is None or text.strip() == "":
-        return DEFAULT_THREADS
-    if text.strip() == "default":
-        return None
+def _parse_count(text: str, what: str, minimum: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise UserError(f"threads must be a positive integer or 'default', got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        extra = " or 'default'" if what == "threads" else ""
+        raise UserError(f"{what} must be an integer >= {minimum}{extra}, got {text!r}")
     return value
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Set torch's intra-op threads for the block (None leaves them), restoring them after."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass
@@ -125,12 +113,13 @@ class ReportWriter:
         }
         self.rows.append(run | result.row() | self.env.columns())
         if result.samples is not None:
-            key = {k: v for k, v in result.row().items() if k in Case.__dataclass_fields__}
-            device_ms = result.samples.device_ms or result.samples.host_ms
-            for i, (primary, host) in enumerate(zip(device_ms, result.samples.host_ms, strict=True)):
+            key = asdict(result.case)
+            s = result.samples
+            for i, (proc, primary, host) in enumerate(zip(s.process, s.primary_ms, s.host_ms, strict=True)):
                 self.samples.append(
-                    {"run_id": self.run_id, **key, "round": i, "latency_ms": primary, "host_latency_ms": host}
-                )
+                    {"run_id": self.run_id, **key, "process": proc, "round": i,
+                     "latency_ms": primary, "host_latency_ms": host}
+                )  # fmt: skip
         self._write(self.path)
 
     def frame(self) -> pd.DataFrame:
@@ -153,45 +142,42 @@ class ReportWriter:
 
 
 class BenchSession:
-    """Measures cases on demand (a whole interleaving group at a time) and records them."""
+    """Measures cases on demand, a whole interleaving group at a time in worker processes, and
+    records each case in the report as it is asked for."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         malloc = pin_glibc_malloc() if config.pin_malloc else "default (not pinned)"
-        self._threads = torch_threads(config.threads)
-        self._threads.__enter__()
-        self.env = collect_environment(cpu_malloc=malloc)
+        with torch_threads(config.threads):  # so the fingerprint records the workers' setting
+            self.env = collect_environment(cpu_malloc=malloc)
         self.writer = ReportWriter(config.results_dir, self.env, config.profile.name)
-        self._devices: dict[str, Device] = {}
         self._groups: dict[Case, dict[str, CaseResult]] = {}
 
-    def skip_reason(self, case: Case) -> str | None:
-        return unavailable_reason(case.device)
-
-    def _device(self, kind: str) -> Device:
-        if kind not in self._devices:
-            self._devices[kind] = make_device(kind)
-        return self._devices[kind]
+    def _request(self, case: Case, variants: list[str]) -> dict:
+        return {
+            "suite": case.suite,
+            "model": case.model,
+            "device": case.device,
+            "batch_size": case.batch_size,
+            "variants": variants,
+            "profile": asdict(self.config.profile),
+            "threads": self.config.threads,
+            "pin_malloc": self.config.pin_malloc,
+        }
 
     def inference_result(self, case: Case) -> CaseResult:
-        """The result of `case`, measuring its group (all modes, interleaved) the first time;
-        the result is added to the report."""
+        """The result of `case`, measuring its group (all modes, interleaved, in the profile's
+        worker processes) the first time; the result is added to the report."""
         group = case.group
         if group not in self._groups:
-            self._groups[group] = measure_inference_group(
-                get_model(case.model),
-                self._device(case.device),
-                case.batch_size,
-                self.config.profile,
-                self.config.modes,
-            )
+            modes = list(dict.fromkeys([REFERENCE_MODE, *self.config.modes]))
+            cases = {m: replace(case, mode=m) for m in modes}
+            pooled = run_group(self._request(case, modes), cases, self.config.profile.processes)
+            self._groups[group] = with_ratios(pooled, REFERENCE_MODE, "latency_ratio_to_grad")
         result = self._groups[group][case.mode]
         self.writer.add(result)
         return result
 
     def close(self) -> Path | None:
-        """Finish the report (copy to latest.csv) and restore torch's thread count."""
-        try:
-            return self.writer.finish()
-        finally:
-            self._threads.__exit__(None, None, None)
+        """Finish the report: copy it to latest.csv."""
+        return self.writer.finish()

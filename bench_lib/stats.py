@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +55,22 @@ def summarize(samples_ms: Sequence[float]) -> LatencyStats:
         iqr=float(p75 - p25),
         stddev=float(values.std(ddof=1)) if values.size > 1 else 0.0,
         rounds=int(values.size),
+    )
+
+
+def paired_ratio(
+    samples_by_process: Mapping[int, Sequence[float]], reference_by_process: Mapping[int, Sequence[float]]
+) -> float:
+    """Median over processes of each process's ratio of medians (sample / reference).
+
+    Each process measured both sides interleaved, so each ratio is free of drift between
+    processes; the median across processes resists one process that ran in a bad state.
+    """
+    common = sorted(set(samples_by_process) & set(reference_by_process))
+    if not common:
+        raise ValueError("no process measured both sides")
+    return float(
+        np.median([ratio_of_medians(samples_by_process[p], reference_by_process[p]) for p in common])
     )
 
 

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from bench_lib.environment import torch_threads
 from bench_lib.errors import UserError
-from bench_lib.session import DEFAULT_THREADS, RunConfig, torch_threads
+from bench_lib.session import DEFAULT_THREADS, RunConfig
 
 
 def test_defaults():
@@ -31,8 +32,8 @@ def test_selection_and_case_expansion():
         ({"models": "mlp,resnet"}, "unknown model 'resnet'"),
         ({"devices": "tpu"}, "unknown device 'tpu'"),
         ({"modes": "eval"}, "unknown mode 'eval'"),
-        ({"threads": "0"}, "threads must be a positive integer"),
-        ({"threads": "many"}, "threads must be a positive integer"),
+        ({"threads": "0"}, "threads must be an integer >= 1"),
+        ({"threads": "many"}, "threads must be an integer >= 1"),
         ({"malloc": "jemalloc"}, "unknown malloc setting"),
     ],
 )
