@@ -28,6 +28,12 @@ OPTIONS = (
     ("modes", "BENCH_MODES", "", "comma-separated grad modes (default: grad, no_grad, inference_mode)"),
     ("threads", "BENCH_THREADS", "1", "torch intra-op threads, or 'default' for torch's own choice"),
     (
+        "optimizers",
+        "BENCH_OPTIMIZERS",
+        "",
+        "comma-separated fine-tuning optimizers: sgd, adamw (default: both)",
+    ),
+    (
         "processes",
         "BENCH_PROCESSES",
         "",
@@ -69,20 +75,22 @@ def pytest_configure(config: pytest.Config) -> None:
             results_dir=opt("results-dir"),
             malloc=opt("malloc"),
             processes=opt("processes"),
+            optimizers=opt("optimizers"),
         )
     except UserError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "inference_case" not in metafunc.fixturenames:
-        return
-    params = []
-    for case in metafunc.config.stash[CONFIG_KEY].inference_cases():
-        reason = _unavailable(case.device)
-        marks = [pytest.mark.skip(reason=reason)] if reason else []
-        params.append(pytest.param(case, id=case.id, marks=marks))
-    metafunc.parametrize("inference_case", params)
+    config = metafunc.config.stash[CONFIG_KEY]
+    for name, cases in (("inference_case", config.inference_cases), ("finetune_case", config.finetune_cases)):
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, [_param(case) for case in cases()])
+
+
+def _param(case):  # type: ignore[no-untyped-def]
+    reason = _unavailable(case.device)
+    return pytest.param(case, id=case.id, marks=[pytest.mark.skip(reason=reason)] if reason else [])
 
 
 def _unavailable(kind: str) -> str | None:
@@ -108,7 +116,7 @@ def report_to_pytest_benchmark(benchmark, result: CaseResult) -> None:  # type: 
     figures only go into `extra_info`.
     """
     case = result.case
-    benchmark.group = f"{case.suite} {case.model} {case.device} b{case.batch_size}"
+    benchmark.group = f"{case.suite} {case.model} {case.device} b{case.batch_size} {case.optimizer}".rstrip()
     benchmark._mode = "bench_lib interleaved rounds"  # we fed it; no "fixture not used" warning
     benchmark.extra_info.update({k: v for k, v in result.metrics.items() if v is not None})
     if result.samples is None or not benchmark.enabled or not hasattr(benchmark, "_make_stats"):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bench_lib.errors import UserError
 
 INFERENCE = "inference"
+FINETUNE = "finetune"
 
 # The columns that identify a case across runs and machines (the join key of reports).
 KEY_FIELDS = ("suite", "model", "device", "mode", "batch_size", "dtype", "strategy", "optimizer")
@@ -36,9 +37,14 @@ class Case:
 
     @property
     def group(self) -> Case:
-        """The interleaving group: the cases that differ only in mode (or strategy) are measured
-        together, round-robin, in one process."""
-        return replace(self, mode="", strategy="")
+        """The interleaving group: the cases that differ only in mode, strategy or optimizer are
+        measured together, round-robin, in the same processes."""
+        return replace(self, mode="", strategy="", optimizer="")
+
+    @property
+    def variant(self) -> str:
+        """The case's name within its group: its mode, or `<optimizer>/<strategy>`."""
+        return self.mode or f"{self.optimizer}/{self.strategy}"
 
     @property
     def id(self) -> str:
@@ -63,6 +69,7 @@ class Profile:
     rounds: int
     warmup_rounds: int
     processes: int = 1
+    finetune_rounds: int = 30
     iterations: int | None = None
     description: str = ""
 
@@ -71,15 +78,15 @@ PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile(
-            "tiny", (1, 4), rounds=5, warmup_rounds=1, processes=1, iterations=1,
+            "tiny", (1, 4), rounds=5, warmup_rounds=1, processes=1, finetune_rounds=3, iterations=1,
             description="seconds; for the end-to-end tests, figures not meaningful",
         ),
         Profile(
-            "default", (1, 32), rounds=100, warmup_rounds=10, processes=3,
-            description="the default make bench: 3 processes x 100 rounds per group",
+            "default", (1, 32), rounds=100, warmup_rounds=10, processes=3, finetune_rounds=30,
+            description="the default make bench: 3 processes x 100 rounds (30 training steps) per group",
         ),
         Profile(
-            "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5,
+            "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5, finetune_rounds=100,
             description="adds batch 128; 5 processes x 200 rounds (steadier p99)",
         ),
     )
@@ -103,6 +110,24 @@ def inference_cases(
         for device in devices
         for batch_size in profile.batch_sizes
         for mode in modes
+    ]
+
+
+def finetune_cases(
+    profile: Profile,
+    models: Sequence[str],
+    devices: Sequence[str],
+    optimizers: Sequence[str],
+    strategies_of: Mapping[str, Sequence[str]],
+) -> list[Case]:
+    """Every fine-tuning case: models without strategies (no blocks) are left out."""
+    return [
+        Case(FINETUNE, model, device, "", batch_size, strategy=strategy, optimizer=optimizer)
+        for model in models
+        for device in devices
+        for batch_size in profile.batch_sizes
+        for optimizer in optimizers
+        for strategy in strategies_of.get(model, ())
     ]
 
 

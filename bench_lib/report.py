@@ -63,6 +63,52 @@ def render_inference(frame: pd.DataFrame) -> str:
     return out.to_string()
 
 
+FINETUNE_MEMORY = [
+    "mem_params_bytes",
+    "mem_grads_bytes",
+    "mem_optimizer_state_bytes",
+    "mem_activations_bytes",
+]
+
+
+def finetune_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per model, device, batch size, optimizer and strategy: step time, its ratio to
+    `full`, each memory category, their total and its saving against `full` (bytes)."""
+    ok = frame[(frame["suite"] == "finetune") & (frame["status"] == "ok")].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    ok["mem_total_bytes"] = ok[FINETUNE_MEMORY].sum(axis=1)
+    key = ["model", "device", "batch_size", "optimizer"]
+    full = ok[ok["strategy"] == "full"].set_index(key)["mem_total_bytes"].rename("full_total")
+    ok = ok.join(full, on=key)
+    ok["mem_saving_bytes"] = ok["full_total"] - ok["mem_total_bytes"]
+    cols = [
+        "latency_ms_median",
+        "latency_ratio_to_full",
+        *FINETUNE_MEMORY,
+        "mem_peak_bytes",
+        "mem_total_bytes",
+        "mem_saving_bytes",
+    ]
+    return ok.set_index([*key, "strategy"])[cols]
+
+
+def render_finetune(frame: pd.DataFrame) -> str:
+    table = finetune_table(frame)
+    if table.empty:
+        return ""
+    out = pd.DataFrame(index=table.index)
+    out["step ms"] = table["latency_ms_median"].map(format_ms)
+    out["x full"] = table["latency_ratio_to_full"].map(lambda r: "-" if pd.isna(r) else f"{r:.3f}")
+    labels = {"mem_params_bytes": "params", "mem_grads_bytes": "grads", "mem_optimizer_state_bytes": "optimizer",
+              "mem_activations_bytes": "activations", "mem_peak_bytes": "step peak", "mem_total_bytes": "total",
+              "mem_saving_bytes": "saved vs full"}  # fmt: skip
+    for col, label in labels.items():
+        out[label] = table[col].map(format_bytes)
+    out.index = out.index.set_names(["model", "device", "batch", "optimizer", "strategy"])
+    return out.to_string()
+
+
 def render_problems(frame: pd.DataFrame) -> str:
     """Cases that did not succeed, and successful ones whose spread makes them untrustworthy."""
     lines = []
@@ -90,6 +136,14 @@ def render_summary(frame: pd.DataFrame) -> str:
         "peak tensor memory of one forward, bytes saved for backward under grad"
     )
     parts = [header, render_inference(frame)]
+    finetune = render_finetune(frame)
+    if finetune:
+        parts += [
+            "",
+            "Fine-tuning: median time of one training step (ms), ratio to full (x, interleaved), memory by "
+            "category; total = params + grads + optimizer + activations",
+            finetune,
+        ]
     problems = render_problems(frame)
     if problems:
         parts += ["", "Cases to look at:", problems]

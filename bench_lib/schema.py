@@ -35,22 +35,38 @@ class Column:
 
 
 _C = Column
+# fmt: off
 COLUMNS: tuple[Column, ...] = (
     _C("schema_version", "int", "", "version of this format (see docs/results.md)"),
     _C("run_id", "str", "", "`<UTC timestamp>_<machine_id>` of the run; names the report file"),
     _C("timestamp_utc", "str", "ISO 8601", "when the run started, UTC"),
     _C("profile", "str", "", "profile the run used (tiny, default, full)"),
-    _C("suite", "str", "", "`inference`"),
+    _C("suite", "str", "", "`inference` or `finetune`"),
     _C("model", "str", "", "model name in the zoo"),
     _C("device", "str", "", "device kind: `cpu` or `cuda`"),
-    _C("mode", "str", "", "grad mode: `grad`, `no_grad` or `inference_mode`"),
+    _C(
+        "mode",
+        "str",
+        "",
+        "grad mode of an inference case: `grad`, `no_grad` or `inference_mode`; empty for finetune",
+    ),
     _C("batch_size", "int", "items", "inputs per forward call"),
     _C("dtype", "str", "", "parameter and input dtype (`float32`)"),
-    _C("strategy", "str", "", "fine-tuning strategy; empty for inference"),
-    _C("optimizer", "str", "", "fine-tuning optimizer; empty for inference"),
+    _C(
+        "strategy",
+        "str",
+        "",
+        "fine-tuning strategy: `full`, `frozen_<k>` or `frozen_nograd`; empty for inference",
+    ),
+    _C("optimizer", "str", "", "fine-tuning optimizer: `sgd` (momentum 0.9) or `adamw`; empty for inference"),
     _C("status", "str", "", "`ok`, `failed` (an exception or a failed check) or `oom`"),
     _C("error", "str", "", "why the case did not succeed; empty when ok"),
-    _C("latency_ms_median", "float", "ms", "median over rounds of the mean time of one call"),
+    _C(
+        "latency_ms_median",
+        "float",
+        "ms",
+        "median over rounds of the mean time of one call (a forward; for finetune, a whole training step)",
+    ),
     _C("latency_ms_mean", "float", "ms", "mean over rounds"),
     _C("latency_ms_min", "float", "ms", "fastest round"),
     _C("latency_ms_p90", "float", "ms", "90th percentile over rounds (linear interpolation)"),
@@ -69,7 +85,13 @@ COLUMNS: tuple[Column, ...] = (
         "ratio",
         "median / median of `grad` mode of the same model, device and batch size, measured interleaved in the same process",
     ),
-    _C("rounds", "int", "", "timed rounds (samples) behind the statistics"),
+    _C(
+        "latency_ratio_to_full",
+        "float",
+        "ratio",
+        "finetune: median / median of strategy `full` with the same optimizer, model, device and batch size, measured interleaved",
+    ),
+    _C("rounds", "int", "", "timed rounds (samples) behind the statistics, all processes together"),
     _C("iterations", "int", "calls", "calls per round (fixed per model and batch size)"),
     _C("warmup_rounds", "int", "", "untimed rounds before the timed ones"),
     _C("throughput_items_per_s", "float", "items/s", "batch_size / latency_ms_median"),
@@ -85,6 +107,13 @@ COLUMNS: tuple[Column, ...] = (
         "bytes",
         "distinct storages autograd saved for backward during one forward, parameters excluded",
     ),
+    _C("mem_params_bytes", "int", "bytes", "finetune: all parameters, trainable and frozen"),
+    _C("mem_grads_bytes", "int", "bytes", "finetune: the .grad tensors right after backward (= bytes of the trainable parameters)"),
+    _C("mem_optimizer_state_bytes", "int", "bytes", "finetune: tensors in the optimizer state after a step (AdamW: exp_avg, exp_avg_sq, a 4-byte step per parameter; SGD: momentum buffers)"),
+    _C("mem_activations_bytes", "int", "bytes", "finetune: bytes autograd saved for backward in the step's forward (parameters excluded), all alive at the end of the forward"),
+    _C("trainable_params", "int", "elements", "finetune: parameters with requires_grad"),
+    _C("total_params", "int", "elements", "finetune: all parameters"),
+    _C("frozen_blocks", "int", "blocks", "finetune: leading trunk blocks frozen (0 for full)"),
     _C(
         "rss_peak_delta_bytes",
         "int",
@@ -113,6 +142,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("git_commit", "str", "", "commit of the suite's checkout, `-dirty` with local changes"),
     _C("cpu_malloc", "str", "", "malloc settings for the run (see bench_lib/allocator.py)"),
 )
+# fmt: on
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 REQUIRED = ("schema_version", *KEY_FIELDS, "status")
 SAMPLE_COLUMNS = ("run_id", *KEY_FIELDS, "process", "round", "latency_ms", "host_latency_ms")

@@ -14,15 +14,16 @@ from pathlib import Path
 import pandas as pd
 
 from bench_lib.allocator import pin_glibc_malloc
-from bench_lib.cases import Case, Profile, get_profile, inference_cases, parse_list
+from bench_lib.cases import INFERENCE, Case, Profile, finetune_cases, get_profile, inference_cases, parse_list
 from bench_lib.devices import parse_device_kinds
 from bench_lib.environment import Environment, collect_environment, torch_threads
 from bench_lib.errors import UserError
-from bench_lib.models import ZOO
+from bench_lib.finetune import FULL, OPTIMIZERS, strategy_names
+from bench_lib.models import ZOO, get_model
 from bench_lib.modes import MODES, REFERENCE_MODE
 from bench_lib.results import CaseResult, with_ratios
 from bench_lib.runner import run_group
-from bench_lib.schema import SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
+from bench_lib.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
 
 DEFAULT_THREADS = 1  # like torch.utils.benchmark: steadier figures; BENCH_THREADS overrides
 
@@ -38,6 +39,7 @@ class RunConfig:
     threads: int | None = DEFAULT_THREADS
     results_dir: Path = Path("results")
     pin_malloc: bool = True
+    optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
 
     @classmethod
     def parse(
@@ -50,6 +52,7 @@ class RunConfig:
         results_dir: str | Path = "results",
         malloc: str = "pinned",
         processes: str | None = None,
+        optimizers: str | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
         if malloc not in ("pinned", "default"):
@@ -67,10 +70,18 @@ class RunConfig:
             else _parse_count(threads or str(DEFAULT_THREADS), "threads"),
             results_dir=Path(results_dir),
             pin_malloc=malloc == "pinned",
+            optimizers=tuple(parse_list(optimizers, list(OPTIMIZERS), "optimizer")),
         )
 
     def inference_cases(self) -> list[Case]:
         return inference_cases(self.profile, self.models, self.devices, self.modes)
+
+    def finetune_cases(self) -> list[Case]:
+        strategies_of = {m: strategy_names(get_model(m)) for m in self.models}
+        return finetune_cases(self.profile, self.models, self.devices, self.optimizers, strategies_of)
+
+    def cases(self) -> list[Case]:
+        return self.inference_cases() + self.finetune_cases()
 
 
 def _parse_count(text: str, what: str, minimum: int = 1) -> int:
@@ -105,33 +116,32 @@ class ReportWriter:
         return self.results_dir / f"{self.run_id}.csv"
 
     def add(self, result: CaseResult) -> None:
+        """Add one case and rewrite the report and its samples; on a failed write nothing changes."""
         run = {
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_id,
             "timestamp_utc": self.started.isoformat(timespec="seconds"),
             "profile": self.profile,
         }
-        self.rows.append(run | result.row() | self.env.columns())
+        rows = [*self.rows, run | result.row() | self.env.columns()]
+        samples = list(self.samples)
         if result.samples is not None:
-            key = asdict(result.case)
-            s = result.samples
+            key, s = asdict(result.case), result.samples
             for i, (proc, primary, host) in enumerate(zip(s.process, s.primary_ms, s.host_ms, strict=True)):
-                self.samples.append(
+                samples.append(
                     {"run_id": self.run_id, **key, "process": proc, "round": i,
                      "latency_ms": primary, "host_latency_ms": host}
                 )  # fmt: skip
-        self._write(self.path)
+        write_csv_atomic(to_frame(rows), self.path)
+        write_csv_atomic(pd.DataFrame(samples, columns=list(SAMPLE_COLUMNS)), samples_path(self.path))
+        self.rows, self.samples = rows, samples
 
     def frame(self) -> pd.DataFrame:
         return to_frame(self.rows)
 
-    def _write(self, path: Path) -> None:
-        write_csv_atomic(self.frame(), path)
-        write_csv_atomic(pd.DataFrame(self.samples), samples_path(path))
-
     def finish(self) -> Path | None:
         """Copy the report to `latest.csv`; None when no case was recorded."""
-        if not self.rows:
+        if not self.rows or not self.path.exists():
             return None
         latest = self.results_dir / "latest.csv"
         for src, dst in ((self.path, latest), (samples_path(self.path), samples_path(latest))):
@@ -152,6 +162,7 @@ class BenchSession:
             self.env = collect_environment(cpu_malloc=malloc)
         self.writer = ReportWriter(config.results_dir, self.env, config.profile.name)
         self._groups: dict[Case, dict[str, CaseResult]] = {}
+        self._cases = config.cases()
 
     def _request(self, case: Case, variants: list[str]) -> dict:
         return {
@@ -165,19 +176,46 @@ class BenchSession:
             "pin_malloc": self.config.pin_malloc,
         }
 
-    def inference_result(self, case: Case) -> CaseResult:
-        """The result of `case`, measuring its group (all modes, interleaved, in the profile's
-        worker processes) the first time; the result is added to the report."""
+    def _variants(self, group: Case) -> list[str]:
+        """Every variant of `group` this run asks for (a group is measured once, as a whole)."""
+        return [c.variant for c in self._cases if c.group == group]
+
+    def result(self, case: Case) -> CaseResult:
+        """The result of `case`, measuring its whole group (interleaved, in the profile's worker
+        processes) the first time; the result is added to the report."""
         group = case.group
         if group not in self._groups:
-            modes = list(dict.fromkeys([REFERENCE_MODE, *self.config.modes]))
-            cases = {m: replace(case, mode=m) for m in modes}
-            pooled = run_group(self._request(case, modes), cases, self.config.profile.processes)
-            self._groups[group] = with_ratios(pooled, REFERENCE_MODE, "latency_ratio_to_grad")
-        result = self._groups[group][case.mode]
+            variants = self._variants(group) or [case.variant]
+            if case.suite == INFERENCE:
+                variants = list(dict.fromkeys([REFERENCE_MODE, *variants]))
+            else:
+                optimizers = dict.fromkeys(v.split("/")[0] for v in variants)
+                variants = list(dict.fromkeys([*(f"{o}/{FULL}" for o in optimizers), *variants]))
+            cases = {v: _case_of(case, v) for v in variants}
+            pooled = run_group(self._request(case, variants), cases, self.config.profile.processes)
+            self._groups[group] = _add_ratios(case.suite, pooled)
+        result = self._groups[group][case.variant]
         self.writer.add(result)
         return result
 
     def close(self) -> Path | None:
         """Finish the report: copy it to latest.csv."""
         return self.writer.finish()
+
+
+def _case_of(case: Case, variant: str) -> Case:
+    if case.suite == INFERENCE:
+        return replace(case, mode=variant)
+    optimizer, strategy = variant.split("/")
+    return replace(case, optimizer=optimizer, strategy=strategy)
+
+
+def _add_ratios(suite: str, results: dict[str, CaseResult]) -> dict[str, CaseResult]:
+    """Each case's latency ratio to its reference: grad mode, or `full` with the same optimizer."""
+    if suite == INFERENCE:
+        return with_ratios(results, REFERENCE_MODE, "latency_ratio_to_grad")
+    out: dict[str, CaseResult] = {}
+    for optimizer in dict.fromkeys(v.split("/")[0] for v in results):
+        subset = {v: r for v, r in results.items() if v.startswith(f"{optimizer}/")}
+        out |= with_ratios(subset, f"{optimizer}/{FULL}", "latency_ratio_to_full")
+    return {v: out[v] for v in results}

@@ -1,7 +1,7 @@
-"""A worker process: measures one group of cases and writes the results as JSON.
+"""What a worker process does: measure one group of cases, described by a JSON-able request.
 
-Each group runs in fresh processes (`python -m bench_lib.worker REQUEST.json RESULT.json`), so that
-no group inherits another's heap layout or allocator state, and so that several independent
+Each group runs in fresh processes (see `bench_lib.runner`), so that no group inherits
+another's heap layout or allocator state, and so that several independent
 processes can be pooled: process-to-process variation is the largest noise term on a shared
 machine, and only sampling several processes averages it out (the pyperf approach). A crash of
 one worker fails its group's cases, not the run.
@@ -9,20 +9,21 @@ one worker fails its group's cases, not the run.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from bench_lib.allocator import pin_glibc_malloc
-from bench_lib.cases import INFERENCE, Profile
+from bench_lib.cases import FINETUNE, INFERENCE, Profile
 from bench_lib.devices import make_device
 from bench_lib.environment import torch_threads
 from bench_lib.models import get_model
 from bench_lib.results import CaseResult
 
 Request = Mapping[str, Any]
+
+
+def _profile(request: Request) -> Profile:
+    return Profile(**{**request["profile"], "batch_sizes": tuple(request["profile"]["batch_sizes"])})
 
 
 def _inference(request: Request) -> dict[str, CaseResult]:
@@ -32,12 +33,24 @@ def _inference(request: Request) -> dict[str, CaseResult]:
         get_model(request["model"]),
         make_device(request["device"]),
         request["batch_size"],
-        Profile(**{**request["profile"], "batch_sizes": tuple(request["profile"]["batch_sizes"])}),
+        _profile(request),
         request["variants"],
     )
 
 
-SUITES: dict[str, Callable[[Request], dict[str, CaseResult]]] = {INFERENCE: _inference}
+def _finetune(request: Request) -> dict[str, CaseResult]:
+    from bench_lib.finetune import measure_finetune_group
+
+    return measure_finetune_group(
+        get_model(request["model"]),
+        make_device(request["device"]),
+        request["batch_size"],
+        _profile(request),
+        request["variants"],
+    )
+
+
+SUITES: dict[str, Callable[[Request], dict[str, CaseResult]]] = {INFERENCE: _inference, FINETUNE: _finetune}
 
 
 def run_request(request: Request) -> dict[str, CaseResult]:
@@ -46,14 +59,3 @@ def run_request(request: Request) -> dict[str, CaseResult]:
         pin_glibc_malloc()
     with torch_threads(request.get("threads")):
         return SUITES[request["suite"]](request)
-
-
-def main(argv: list[str]) -> int:
-    request_path, result_path = (Path(a) for a in argv)
-    results = run_request(json.loads(request_path.read_text()))
-    result_path.write_text(json.dumps({name: r.to_dict() for name, r in results.items()}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

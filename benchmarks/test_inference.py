@@ -11,7 +11,7 @@ from conftest import report_to_pytest_benchmark
 
 
 def test_inference(benchmark, inference_case, bench_session):
-    result = bench_session.inference_result(inference_case)
+    result = bench_session.result(inference_case)
     report_to_pytest_benchmark(benchmark, result)
     if not result.ok:
         pytest.fail(f"{result.status}: {result.error}", pytrace=False)

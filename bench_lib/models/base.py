@@ -59,8 +59,10 @@ class ModelSpec:
     make_inputs:
         `batch_size -> tuple of CPU tensors`, the positional arguments of `forward`.
     make_target:
-        `(batch_size, output) -> target` for the loss of a training step, or None when the
+        `batch_size -> target` (on the CPU) for the loss of a training step, or None when the
         model is not meant for fine-tuning.
+    loss:
+        `(output, target) -> scalar loss` of a training step.
     iterations:
         `batch_size -> forward calls per timed round`: the fixed, recorded work per round, so
         that rounds are long enough for the clock and identical across runs.
@@ -72,7 +74,7 @@ class ModelSpec:
     build: Callable[[], nn.Module]
     make_inputs: Callable[[int], Inputs]
     description: str = ""
-    make_target: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    make_target: Callable[[int], torch.Tensor] | None = None
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = default_loss
     iterations: Callable[[int], int] = field(default=lambda batch_size: 1)
 

@@ -51,7 +51,7 @@ def _inputs(batch_size: int) -> Inputs:
     return (torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE),)
 
 
-def _target(batch_size: int, output: torch.Tensor) -> torch.Tensor:
+def _target(batch_size: int) -> torch.Tensor:
     return torch.randint(0, CLASSES, (batch_size,))
 
 

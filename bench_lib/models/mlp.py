@@ -35,7 +35,7 @@ def _inputs(batch_size: int) -> Inputs:
     return (torch.randn(batch_size, IN_FEATURES),)
 
 
-def _target(batch_size: int, output: torch.Tensor) -> torch.Tensor:
+def _target(batch_size: int) -> torch.Tensor:
     return torch.randint(0, CLASSES, (batch_size,))
 
 

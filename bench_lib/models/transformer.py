@@ -71,7 +71,7 @@ def _inputs(batch_size: int) -> Inputs:
     return (torch.randint(0, VOCAB, (batch_size, SEQ_LEN)),)
 
 
-def _target(batch_size: int, output: torch.Tensor) -> torch.Tensor:
+def _target(batch_size: int) -> torch.Tensor:
     return torch.randint(0, CLASSES, (batch_size,))
 
 
