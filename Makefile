@@ -16,7 +16,7 @@ BENCH_COLUMNS ?= median,iqr,rounds,iterations
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench test lint format clean
+.PHONY: setup bench test lint format docs clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+docs: $(STAMP)
+	$(BIN)/python -m bench_lib.schema docs/results.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

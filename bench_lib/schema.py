@@ -236,3 +236,20 @@ def markdown_table() -> str:
     lines = ["| column | type | unit | meaning |", "|---|---|---|---|"]
     lines += [f"| `{c.name}` | {c.kind} | {c.unit} | {c.description} |" for c in COLUMNS]
     return "\n".join(lines)
+
+
+DOC_START, DOC_END = "<!-- columns:start", "<!-- columns:end -->"
+
+
+def documented(text: str) -> str:
+    """`text` (docs/results.md) with its column table regenerated from `COLUMNS`."""
+    start, end = text.index(DOC_START), text.index(DOC_END)
+    first_line_end = text.index("\n", start) + 1
+    return text[:first_line_end] + markdown_table() + "\n" + text[end:]
+
+
+if __name__ == "__main__":  # python -m bench_lib.schema docs/results.md: regenerate the table
+    import sys
+
+    doc = Path(sys.argv[1])
+    doc.write_text(documented(doc.read_text()))

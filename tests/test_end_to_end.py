@@ -11,6 +11,12 @@ from bench_lib.schema import read_report
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY = ["mem_peak_bytes", "mem_saved_for_backward_bytes"]
+FINETUNE_MEMORY = [
+    "mem_params_bytes",
+    "mem_grads_bytes",
+    "mem_optimizer_state_bytes",
+    "mem_activations_bytes",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +42,11 @@ def two_runs(tmp_path_factory):
 
 def test_suite_writes_a_valid_report_with_every_case(two_runs):
     out, proc = two_runs[0]
-    frame = read_report(out / "latest.csv")
+    report = read_report(out / "latest.csv")
+    assert set(report["status"]) == {"ok"}
+    assert set(report["suite"]) == {"inference", "finetune"}
+    frame = report[report["suite"] == "inference"]
     assert len(frame) == 4 * 2 * 3  # models x batch sizes x modes, CPU only
-    assert set(frame["status"]) == {"ok"}
     assert set(frame["mode"]) == {"grad", "no_grad", "inference_mode"}
     assert (frame["rounds"] == 5).all() and (frame["latency_ms_median"] > 0).all()
     grad = frame[frame["mode"] == "grad"]
@@ -49,7 +57,7 @@ def test_suite_writes_a_valid_report_with_every_case(two_runs):
     runs = [p for p in out.iterdir() if p.name.endswith(".csv") and not p.name.startswith("latest")]
     assert len(runs) == 2  # <timestamp>_<machine id>.csv and its .samples.csv
     samples = pd.read_csv(out / "latest.samples.csv")
-    assert len(samples) == len(frame) * 5
+    assert len(samples) == len(frame) * 5 + (len(report) - len(frame)) * 3  # tiny: 5 and 3 rounds
     assert "bench_lib summary" in proc.stdout and "inference x" in proc.stdout
 
 
@@ -61,7 +69,7 @@ def test_memory_columns_are_identical_between_runs(two_runs):
 
 
 def test_selecting_a_subset_with_k(tmp_path):
-    proc = run_suite(tmp_path, "-k", "transformer and no_grad")
+    proc = run_suite(tmp_path, "-k", "inference and transformer and no_grad")
     assert proc.returncode == 0, proc.stdout[-3000:]
     frame = read_report(tmp_path / "latest.csv")
     assert set(frame["model"]) == {"transformer"} and set(frame["mode"]) == {"no_grad"}

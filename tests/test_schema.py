@@ -12,6 +12,7 @@ from bench_lib.results import CaseResult
 from bench_lib.schema import (
     COLUMN_NAMES,
     SCHEMA_VERSION,
+    documented,
     read_report,
     samples_path,
     to_frame,
@@ -126,3 +127,4 @@ def test_every_column_is_documented():
     doc = DOCS.read_text()
     missing = [c for c in COLUMN_NAMES if f"`{c}`" not in doc]
     assert missing == []
+    assert documented(doc) == doc, "docs/results.md is stale: run `make docs`"
