@@ -82,8 +82,8 @@ PROFILES: dict[str, Profile] = {
             description="seconds; for the end-to-end tests, figures not meaningful",
         ),
         Profile(
-            "default", (1, 32), rounds=100, warmup_rounds=10, processes=3, finetune_rounds=30,
-            description="the default make bench: 3 processes x 100 rounds (30 training steps) per group",
+            "default", (1, 32), rounds=100, warmup_rounds=10, processes=5, finetune_rounds=30,
+            description="the default make bench: 5 processes x 100 rounds (30 training steps) per group",
         ),
         Profile(
             "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5, finetune_rounds=100,

@@ -102,7 +102,7 @@ def with_ratios(results: Mapping[str, CaseResult], reference: str, column: str) 
     """Add `column`, each result's latency ratio to the `reference` result's, to the metrics.
 
     The ratio is paired: per process, median over the reference's median from the same
-    interleaved rounds, then the median across processes (see `stats.paired_ratio`). None when
+    interleaved rounds, then the mean across processes (see `stats.paired_ratio`). None when
     the reference has no samples.
     """
     ref = results.get(reference)

@@ -1,7 +1,9 @@
 """The real suite, run as a user runs it: `pytest benchmarks/` in a subprocess, tiny profile."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -92,3 +94,21 @@ def test_cuda_cases_are_skipped_with_a_reason_without_a_gpu(tmp_path):
     if "CUDA not available" not in proc.stdout:
         pytest.skip("this machine has CUDA")
     assert proc.returncode == 0 and "skipped" in proc.stdout
+
+
+def test_ctrl_c_keeps_the_rows_already_measured(tmp_path):
+    """Interrupt a run in the middle of its second group: the first group's rows survive."""
+    cmd = [
+        sys.executable, "-m", "pytest", "benchmarks/", "-p", "no:cacheprovider", "-k", "inference",
+        "--bench-profile=default", "--bench-models=cnn", "--bench-devices=cpu", f"--bench-results-dir={tmp_path}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("2*_*.csv")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out[-2000:]  # pytest's "interrupted"
+    frame = read_report(tmp_path / "latest.csv")
+    assert 1 <= len(frame) < 6 and set(frame["model"]) == {"cnn"}
+    assert (frame[frame["status"] == "ok"]["batch_size"] == 1).all()
