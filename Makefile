@@ -3,6 +3,8 @@
 #   make bench                 the benchmark suite on every device here, CSV in results/
 #   make bench PROFILE=full    larger batch sizes, more rounds (PROFILE=tiny: seconds, smoke test)
 #   make bench ARGS="-k transformer"   any pytest arguments, e.g. a subset of cases
+#   make report                summary of results/latest.csv (FORMAT=md|html, OUT=file, CSV=...)
+#   make compare A=x.csv B=y.csv   compare two reports (FORMAT=csv|md|html, OUT=file)
 #   make test                  the tests;   make lint   ruff
 # TORCH_SPEC picks the torch build, e.g. TORCH_SPEC="torch==2.11.0" or a wheel path.
 
@@ -16,7 +18,7 @@ BENCH_COLUMNS ?= median,iqr,rounds,iterations
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench test lint format docs clean
+.PHONY: setup bench test lint format docs report compare clean
 
 setup: $(STAMP)
 
@@ -40,6 +42,18 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+CSV ?= results/latest.csv
+FORMAT ?= console
+OUT ?=
+OUT_ARG = $(if $(OUT),--out $(OUT))
+
+report: $(STAMP)
+	$(BIN)/python -m bench_lib report $(CSV) --format $(FORMAT) $(OUT_ARG)
+
+compare: $(STAMP)
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=first.csv B=second.csv [FORMAT=md] [OUT=file]" >&2; exit 2; }
+	$(BIN)/python -m bench_lib compare $(A) $(B) --format $(FORMAT) $(OUT_ARG)
 
 docs: $(STAMP)
 	$(BIN)/python -m bench_lib.schema docs/results.md

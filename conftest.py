@@ -83,7 +83,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config.stash[CONFIG_KEY]
-    for name, cases in (("inference_case", config.inference_cases), ("finetune_case", config.finetune_cases)):
+    suites = (
+        ("ruler_case", config.ruler_cases),
+        ("inference_case", config.inference_cases),
+        ("finetune_case", config.finetune_cases),
+    )
+    for name, cases in suites:
         if name in metafunc.fixturenames:
             metafunc.parametrize(name, [_param(case) for case in cases()])
 

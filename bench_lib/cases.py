@@ -9,6 +9,7 @@ from bench_lib.errors import UserError
 
 INFERENCE = "inference"
 FINETUNE = "finetune"
+RULER = "ruler"
 
 # The columns that identify a case across runs and machines (the join key of reports).
 KEY_FIELDS = ("suite", "model", "device", "mode", "batch_size", "dtype", "strategy", "optimizer")
@@ -69,7 +70,8 @@ class Profile:
     rounds: int
     warmup_rounds: int
     processes: int = 1
-    finetune_rounds: int = 30
+    finetune_rounds: int = 25
+    finetune_warmup_rounds: int = 5
     iterations: int | None = None
     description: str = ""
 
@@ -78,15 +80,17 @@ PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile(
-            "tiny", (1, 4), rounds=5, warmup_rounds=1, processes=1, finetune_rounds=3, iterations=1,
+            "tiny", (1, 4), rounds=5, warmup_rounds=1, processes=1, finetune_rounds=3, finetune_warmup_rounds=1,
+            iterations=1,
             description="seconds; for the end-to-end tests, figures not meaningful",
         ),
         Profile(
-            "default", (1, 32), rounds=100, warmup_rounds=10, processes=5, finetune_rounds=30,
-            description="the default make bench: 5 processes x 100 rounds (30 training steps) per group",
+            "default", (1, 32), rounds=100, warmup_rounds=10, processes=5, finetune_rounds=25,
+            description="the default make bench: 5 processes x 100 rounds (25 training steps) per group",
         ),
         Profile(
             "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5, finetune_rounds=100,
+            finetune_warmup_rounds=10,
             description="adds batch 128; 5 processes x 200 rounds (steadier p99)",
         ),
     )
@@ -129,6 +133,11 @@ def finetune_cases(
         for optimizer in optimizers
         for strategy in strategies_of.get(model, ())
     ]
+
+
+def ruler_cases(devices: Sequence[str], rulers: Sequence[str]) -> list[Case]:
+    """The calibration ruler of every device (see `bench_lib.ruler`)."""
+    return [Case(RULER, "ruler", device, ruler, 1) for device in devices for ruler in rulers]
 
 
 def parse_list(text: str | None, known: Sequence[str], what: str) -> list[str]:

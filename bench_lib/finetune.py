@@ -245,7 +245,7 @@ def measure_finetune_group(
         [Variant(v, steps[v]) for v in wanted if v in steps],
         device,
         rounds=profile.finetune_rounds,
-        warmup_rounds=profile.warmup_rounds,
+        warmup_rounds=profile.finetune_warmup_rounds,
         iterations=iterations,
         on_error=lambda exc: device.release_memory(),
     )

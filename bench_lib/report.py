@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import math
 
 import pandas as pd
 
 from bench_lib.modes import MODES, REFERENCE_MODE
+from bench_lib.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
 
 GROUP = ["model", "device", "batch_size"]
 
@@ -40,27 +43,29 @@ def inference_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=pd.MultiIndex.from_product([values, modes]))
 
 
-def render_inference(frame: pd.DataFrame) -> str:
-    """The console summary of the inference suite."""
+def inference_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """The inference table, formatted for people (strings)."""
     table = inference_table(frame)
     if table.empty:
-        return "No successful inference case to summarize."
+        return table
     modes = list(table.columns.get_level_values(1).unique())
     out = pd.DataFrame(index=table.index)
     for mode in modes:
         label = "inference" if mode == "inference_mode" else mode
         out[f"{label} ms"] = table[("latency_ms_median", mode)].map(format_ms)
         if mode != REFERENCE_MODE:
-            out[f"{label} x"] = table[("latency_ratio_to_grad", mode)].map(
-                lambda r: "-" if pd.isna(r) else f"{r:.3f}"
-            )
+            out[f"{label} x"] = table[("latency_ratio_to_grad", mode)].map(_ratio)
     for mode in modes:
         label = "inference" if mode == "inference_mode" else mode
         out[f"{label} peak"] = table[("mem_peak_bytes", mode)].map(format_bytes)
     if REFERENCE_MODE in modes:
         out["grad saved"] = table[("mem_saved_for_backward_bytes", REFERENCE_MODE)].map(format_bytes)
     out.index = out.index.set_names(["model", "device", "batch"])
-    return out.to_string()
+    return out
+
+
+def _ratio(r: float | None) -> str:
+    return "-" if r is None or pd.isna(r) else f"{r:.3f}"
 
 
 FINETUNE_MEMORY = [
@@ -93,34 +98,61 @@ def finetune_table(frame: pd.DataFrame) -> pd.DataFrame:
     return ok.set_index([*key, "strategy"])[cols]
 
 
-def render_finetune(frame: pd.DataFrame) -> str:
+def finetune_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """The fine-tuning table, formatted for people (strings)."""
     table = finetune_table(frame)
     if table.empty:
-        return ""
+        return table
     out = pd.DataFrame(index=table.index)
     out["step ms"] = table["latency_ms_median"].map(format_ms)
-    out["x full"] = table["latency_ratio_to_full"].map(lambda r: "-" if pd.isna(r) else f"{r:.3f}")
-    labels = {"mem_params_bytes": "params", "mem_grads_bytes": "grads", "mem_optimizer_state_bytes": "optimizer",
+    out["x full"] = table["latency_ratio_to_full"].map(_ratio)
+    labels = {"mem_params_bytes": "params", "mem_grads_bytes": "grads", "mem_optimizer_state_bytes": "opt state",
               "mem_activations_bytes": "activations", "mem_peak_bytes": "step peak", "mem_total_bytes": "total",
               "mem_saving_bytes": "saved vs full"}  # fmt: skip
     for col, label in labels.items():
         out[label] = table[col].map(format_bytes)
     out.index = out.index.set_names(["model", "device", "batch", "optimizer", "strategy"])
-    return out.to_string()
+    return out
 
 
-def render_problems(frame: pd.DataFrame) -> str:
-    """Cases that did not succeed, and successful ones whose spread makes them untrustworthy."""
-    lines = []
-    bad = frame[frame["status"] != "ok"]
-    for _, row in bad.iterrows():
-        lines.append(f"  {row['status'].upper():6s} {_case_label(row)}: {row['error']}")
-    ok = frame[frame["status"] == "ok"]
-    noisy = ok[(ok["latency_ms_iqr"] / ok["latency_ms_median"]) > 0.10]
-    for _, row in noisy.iterrows():
-        spread = row["latency_ms_iqr"] / row["latency_ms_median"]
-        lines.append(f"  NOISY  {_case_label(row)}: IQR is {spread:.0%} of the median")
-    return "\n".join(lines)
+ENVIRONMENT = ["machine_id", "cpu_model", "cpu_count", "gpu_name", "gpu_driver", "torch_version",
+               "cuda_version", "python_version", "torch_threads", "cpu_malloc", "git_commit", "profile"]  # fmt: skip
+
+
+def environment_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: the machine fingerprint and the run's settings."""
+    cols = [c for c in ENVIRONMENT if c in frame]
+    runs = frame.groupby("run_id", sort=False)[cols].first()
+    runs.index.name = "run"
+    return runs.fillna("")
+
+
+def ruler_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """The calibration ruler: median ms of each fixed workload per device."""
+    ok = frame[(frame["suite"] == "ruler") & (frame["status"] == "ok")]
+    if ok.empty:
+        return pd.DataFrame()
+    table = ok.pivot_table(index="device", columns="mode", values="latency_ms_median", aggfunc="first")
+    return table.map(format_ms)
+
+
+def noise_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cases that failed, and successful ones whose figures are not trustworthy: IQR above 10%
+    of the median, or too few rounds for the p99 they report."""
+    rows = []
+    for _, row in frame.iterrows():
+        label = _case_label(row)
+        if row["status"] != "ok":
+            rows.append((label, row["status"], row["error"]))
+            continue
+        if pd.isna(row["latency_ms_median"]):
+            continue
+        spread = row["latency_ms_iqr"] / row["latency_ms_median"] if row["latency_ms_median"] else 0
+        if spread > NOISY_IQR_FRACTION:
+            rows.append((label, "noisy", f"IQR is {spread:.0%} of the median"))
+        if row["rounds"] < MIN_ROUNDS_FOR_P99:
+            rows.append((label, "few rounds", f"p99 from only {row['rounds']} rounds"))
+    return pd.DataFrame(rows, columns=["case", "flag", "why"])
 
 
 def _case_label(row: pd.Series) -> str:
@@ -129,22 +161,82 @@ def _case_label(row: pd.Series) -> str:
     return " ".join(str(p) for p in parts)
 
 
-def render_summary(frame: pd.DataFrame) -> str:
-    """Everything the console shows at the end of a run."""
-    header = (
-        "Inference: median latency per call (ms), ratio to grad (x, measured interleaved), "
-        "peak tensor memory of one forward, bytes saved for backward under grad"
-    )
-    parts = [header, render_inference(frame)]
-    finetune = render_finetune(frame)
-    if finetune:
-        parts += [
-            "",
-            "Fine-tuning: median time of one training step (ms), ratio to full (x, interleaved), memory by "
-            "category; total = params + grads + optimizer + activations",
-            finetune,
-        ]
-    problems = render_problems(frame)
-    if problems:
-        parts += ["", "Cases to look at:", problems]
+SECTIONS = (
+    ("Environment", environment_view, "The machines and settings the figures come from."),
+    (
+        "Inference",
+        inference_view,
+        "Median latency per call (ms), ratio to grad (x, measured interleaved: below 1 is faster), "
+        "peak tensor memory of one forward, bytes saved for backward under grad.",
+    ),
+    (
+        "Fine-tuning",
+        finetune_view,
+        "Median time of one training step (ms), ratio to full (x, interleaved), memory by category; "
+        "total = params + grads + opt state + activations; saving against full.",
+    ),
+    (
+        "Calibration ruler",
+        ruler_view,
+        "Median ms of fixed workloads: a 512x512 matmul, a 16 MiB copy, 100 tiny adds (compare --normalize).",
+    ),
+    ("Noise and failures", noise_view, "Cases whose figures should not be trusted, and why."),
+)
+
+
+def sections(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """The report's sections, computed (title, explanation, table); empty tables left out."""
+    out = []
+    for title, view, text in SECTIONS:
+        table = view(frame)
+        if not table.empty:
+            out.append((title, text, table))
+    return out
+
+
+def render_console(frame: pd.DataFrame, environment: bool = True) -> str:
+    parts = []
+    for title, text, table in sections(frame):
+        if title == "Environment" and not environment:
+            continue
+        parts += [f"{title}: {text}", table.to_string(index=title != "Noise and failures"), ""]
+    return "\n".join(parts).rstrip()
+
+
+def render_markdown(frame: pd.DataFrame) -> str:
+    parts = ["# bench_lib report", ""]
+    for title, text, table in sections(frame):
+        table = table.reset_index() if title != "Noise and failures" else table
+        parts += [f"## {title}", "", text, "", table.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(parts)
+
+
+def render_html(frame: pd.DataFrame) -> str:
+    """One self-contained HTML page: the sections' tables and the plots as embedded PNGs."""
+    from bench_lib import plots
+
+    figures = {
+        "Inference": [*plots.inference_latency(frame).items(), *plots.inference_memory(frame).items()],
+        "Fine-tuning": list(plots.finetune_memory(frame).items()),
+    }
+    body = ["<h1>bench_lib report</h1>"]
+    for title, text, table in sections(frame):
+        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>", table.to_html(border=0)]
+        for name, png in figures.get(title, []):
+            data = base64.b64encode(png).decode()
+            body.append(
+                f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></figure>'
+            )
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{padding:2px 8px;text-align:right}figure{display:inline-block;margin:4px}"
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>bench_lib report</title>'
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
+
+
+def render_summary(frame: pd.DataFrame) -> str:
+    """What the console shows at the end of a run (the machine line is printed separately)."""
+    return render_console(frame, environment=False)

@@ -38,7 +38,9 @@ def _context() -> multiprocessing.context.BaseContext:
     if _CONTEXT is None:
         if "forkserver" in multiprocessing.get_all_start_methods():
             _CONTEXT = multiprocessing.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(["bench_lib.worker", "bench_lib.inference", "bench_lib.finetune"])
+            _CONTEXT.set_forkserver_preload(
+                ["bench_lib.worker", "bench_lib.inference", "bench_lib.finetune", "bench_lib.ruler"]
+            )
         else:
             _CONTEXT = multiprocessing.get_context("spawn")
     return _CONTEXT

@@ -185,6 +185,19 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file in the same folder, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def samples_path(report: Path) -> Path:
     """The raw-samples companion of a report: `x.csv` -> `x.samples.csv`."""
     return report.with_name(report.stem + ".samples.csv")

@@ -14,7 +14,17 @@ from pathlib import Path
 import pandas as pd
 
 from bench_lib.allocator import pin_glibc_malloc
-from bench_lib.cases import INFERENCE, Case, Profile, finetune_cases, get_profile, inference_cases, parse_list
+from bench_lib.cases import (
+    FINETUNE,
+    INFERENCE,
+    Case,
+    Profile,
+    finetune_cases,
+    get_profile,
+    inference_cases,
+    parse_list,
+    ruler_cases,
+)
 from bench_lib.devices import parse_device_kinds
 from bench_lib.environment import Environment, collect_environment, torch_threads
 from bench_lib.errors import UserError
@@ -22,6 +32,7 @@ from bench_lib.finetune import FULL, OPTIMIZERS, strategy_names
 from bench_lib.models import ZOO, get_model
 from bench_lib.modes import MODES, REFERENCE_MODE
 from bench_lib.results import CaseResult, with_ratios
+from bench_lib.ruler import RULERS
 from bench_lib.runner import run_group
 from bench_lib.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
 
@@ -80,8 +91,11 @@ class RunConfig:
         strategies_of = {m: strategy_names(get_model(m)) for m in self.models}
         return finetune_cases(self.profile, self.models, self.devices, self.optimizers, strategies_of)
 
+    def ruler_cases(self) -> list[Case]:
+        return ruler_cases(self.devices, RULERS)
+
     def cases(self) -> list[Case]:
-        return self.inference_cases() + self.finetune_cases()
+        return self.ruler_cases() + self.inference_cases() + self.finetune_cases()
 
 
 def _parse_count(text: str, what: str, minimum: int = 1) -> int:
@@ -188,7 +202,7 @@ class BenchSession:
             variants = self._variants(group) or [case.variant]
             if case.suite == INFERENCE:
                 variants = list(dict.fromkeys([REFERENCE_MODE, *variants]))
-            else:
+            elif case.suite == FINETUNE:
                 optimizers = dict.fromkeys(v.split("/")[0] for v in variants)
                 variants = list(dict.fromkeys([*(f"{o}/{FULL}" for o in optimizers), *variants]))
             cases = {v: _case_of(case, v) for v in variants}
@@ -204,7 +218,7 @@ class BenchSession:
 
 
 def _case_of(case: Case, variant: str) -> Case:
-    if case.suite == INFERENCE:
+    if case.suite != FINETUNE:
         return replace(case, mode=variant)
     optimizer, strategy = variant.split("/")
     return replace(case, optimizer=optimizer, strategy=strategy)
@@ -214,6 +228,8 @@ def _add_ratios(suite: str, results: dict[str, CaseResult]) -> dict[str, CaseRes
     """Each case's latency ratio to its reference: grad mode, or `full` with the same optimizer."""
     if suite == INFERENCE:
         return with_ratios(results, REFERENCE_MODE, "latency_ratio_to_grad")
+    if suite != FINETUNE:
+        return results
     out: dict[str, CaseResult] = {}
     for optimizer in dict.fromkeys(v.split("/")[0] for v in results):
         subset = {v: r for v, r in results.items() if v.startswith(f"{optimizer}/")}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench_lib.allocator import pin_glibc_malloc
-from bench_lib.cases import FINETUNE, INFERENCE, Profile
+from bench_lib.cases import FINETUNE, INFERENCE, RULER, Profile
 from bench_lib.devices import make_device
 from bench_lib.environment import torch_threads
 from bench_lib.models import get_model
@@ -50,7 +50,17 @@ def _finetune(request: Request) -> dict[str, CaseResult]:
     )
 
 
-SUITES: dict[str, Callable[[Request], dict[str, CaseResult]]] = {INFERENCE: _inference, FINETUNE: _finetune}
+def _ruler(request: Request) -> dict[str, CaseResult]:
+    from bench_lib.ruler import measure_ruler_group
+
+    return measure_ruler_group(make_device(request["device"]), _profile(request), request["variants"])
+
+
+SUITES: dict[str, Callable[[Request], dict[str, CaseResult]]] = {
+    INFERENCE: _inference,
+    FINETUNE: _finetune,
+    RULER: _ruler,
+}
 
 
 def run_request(request: Request) -> dict[str, CaseResult]:

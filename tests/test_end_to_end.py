@@ -46,7 +46,9 @@ def test_suite_writes_a_valid_report_with_every_case(two_runs):
     out, proc = two_runs[0]
     report = read_report(out / "latest.csv")
     assert set(report["status"]) == {"ok"}
-    assert set(report["suite"]) == {"inference", "finetune"}
+    assert set(report["suite"]) == {"ruler", "inference", "finetune"}
+    ruler = report[report["suite"] == "ruler"]
+    assert sorted(ruler["mode"]) == ["copy", "matmul", "tiny_ops"] and (ruler["latency_ms_median"] > 0).all()
     frame = report[report["suite"] == "inference"]
     assert len(frame) == 4 * 2 * 3  # models x batch sizes x modes, CPU only
     assert set(frame["mode"]) == {"grad", "no_grad", "inference_mode"}
@@ -59,7 +61,8 @@ def test_suite_writes_a_valid_report_with_every_case(two_runs):
     runs = [p for p in out.iterdir() if p.name.endswith(".csv") and not p.name.startswith("latest")]
     assert len(runs) == 2  # <timestamp>_<machine id>.csv and its .samples.csv
     samples = pd.read_csv(out / "latest.samples.csv")
-    assert len(samples) == len(frame) * 5 + (len(report) - len(frame)) * 3  # tiny: 5 and 3 rounds
+    finetune = report[report["suite"] == "finetune"]
+    assert len(samples) == (len(frame) + len(ruler)) * 5 + len(finetune) * 3  # tiny: 5 and 3 rounds
     assert "bench_lib summary" in proc.stdout and "inference x" in proc.stdout
 
 

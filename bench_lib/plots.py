@@ -1,0 +1,72 @@
+"""Figures for the HTML report (matplotlib, Agg), returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bench_lib.modes import MODES
+
+MIB = 2**20
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _ok(frame: pd.DataFrame, suite: str) -> pd.DataFrame:
+    return frame[(frame["suite"] == suite) & (frame["status"] == "ok")]
+
+
+def inference_latency(frame: pd.DataFrame) -> dict[str, bytes]:
+    """Per model and device: median latency by mode and batch size (grouped bars)."""
+    return _per_model_device(frame, "latency_ms_median", "median latency per call (ms)", 1.0)
+
+
+def inference_memory(frame: pd.DataFrame) -> dict[str, bytes]:
+    """Per model and device: peak tensor memory of one forward by mode and batch size (MiB)."""
+    return _per_model_device(frame, "mem_peak_bytes", "peak tensor memory of one forward (MiB)", 1 / MIB)
+
+
+def _per_model_device(frame: pd.DataFrame, column: str, label: str, scale: float) -> dict[str, bytes]:
+    ok = _ok(frame, "inference")
+    out = {}
+    for (model, device), group in ok.groupby(["model", "device"], sort=False):
+        table = group.pivot_table(index="batch_size", columns="mode", values=column, aggfunc="first")
+        table = table[[m for m in MODES if m in table.columns]].astype(float) * scale
+        fig, ax = plt.subplots(figsize=(5, 3))
+        table.plot.bar(ax=ax, rot=0)
+        ax.set_title(f"{model} on {device}")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(label)
+        out[f"{model} {device}"] = _png(fig)
+    return out
+
+
+def finetune_memory(frame: pd.DataFrame) -> dict[str, bytes]:
+    """Per model, device, batch size and optimizer: memory stacked by category per strategy."""
+    ok = _ok(frame, "finetune")
+    categories = {
+        "mem_params_bytes": "parameters",
+        "mem_grads_bytes": "gradients",
+        "mem_optimizer_state_bytes": "optimizer state",
+        "mem_activations_bytes": "activations",
+    }
+    out = {}
+    for key, group in ok.groupby(["model", "device", "batch_size", "optimizer"], sort=False):
+        table = group.set_index("strategy")[list(categories)].astype(float).rename(columns=categories) / MIB
+        fig, ax = plt.subplots(figsize=(5, 3))
+        table.plot.bar(ax=ax, stacked=True, rot=0)
+        model, device, batch, optimizer = key
+        ax.set_title(f"{model} on {device}, batch {batch}, {optimizer}")
+        ax.set_ylabel("MiB")
+        out[f"{model} {device} b{batch} {optimizer}"] = _png(fig)
+    return out

@@ -1,0 +1,64 @@
+"""A calibration ruler measured in every run, per device, so reports from different machines can
+be shown relative to each machine's speed (`compare --normalize`).
+
+Three fixed workloads, measured interleaved like the modes of a model:
+- `matmul`: a 512 x 512 fp32 matrix product (compute-bound);
+- `copy`: copying a 16 MiB fp32 tensor (memory-bandwidth-bound);
+- `tiny_ops`: 100 additions on a one-element tensor (dispatch-overhead-bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from bench_lib.cases import RULER, Case, Profile
+from bench_lib.devices import Device
+from bench_lib.results import CaseResult, failure
+from bench_lib.timing import Variant, measure_interleaved
+
+RULER_MODEL = "ruler"
+MATMUL_N = 512
+COPY_ELEMENTS = 4 * 2**20  # 16 MiB of fp32
+TINY_OPS = 100
+
+
+def _workloads(device: str) -> dict[str, Callable[[], object]]:
+    a = torch.randn(MATMUL_N, MATMUL_N, device=device)
+    b = torch.randn(MATMUL_N, MATMUL_N, device=device)
+    src = torch.randn(COPY_ELEMENTS, device=device)
+    dst = torch.empty_like(src)
+    one = torch.zeros(1, device=device)
+
+    def tiny_ops() -> None:
+        x = one
+        for _ in range(TINY_OPS):
+            x = x + 1
+
+    return {"matmul": lambda: torch.mm(a, b), "copy": lambda: dst.copy_(src), "tiny_ops": tiny_ops}
+
+
+RULERS = ("matmul", "copy", "tiny_ops")
+
+
+def measure_ruler_group(device: Device, profile: Profile, variants: Sequence[str]) -> dict[str, CaseResult]:
+    """Time the asked-for rulers on `device`, interleaved: one call per round, at most 50 rounds
+    per process (a ruler only needs to be steady, not to have a p99)."""
+    cases = {v: Case(RULER, RULER_MODEL, device.kind, v, 1) for v in variants}
+    try:
+        work = _workloads(device.name)
+        with torch.no_grad():
+            timed = measure_interleaved(
+                [Variant(v, work[v]) for v in variants],
+                device,
+                rounds=min(profile.rounds, 50),
+                warmup_rounds=min(profile.warmup_rounds, 5),
+                iterations=1,
+            )
+    except Exception as exc:  # noqa: BLE001
+        device.release_memory()
+        return {v: failure(c, exc) for v, c in cases.items()}
+    out = {v: failure(cases[v], exc) for v, exc in timed.errors.items()}
+    out |= {v: CaseResult(cases[v], samples=s, items_per_batch=1) for v, s in timed.samples.items()}
+    return {v: out[v] for v in variants}

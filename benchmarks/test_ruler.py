@@ -1,0 +1,14 @@
+"""The calibration ruler of each device: a fixed matmul, a memory-bound copy and a loop of tiny
+ops, recorded in every run so that `python -m bench_lib compare --normalize` can show latency
+relative to each machine's speed."""
+
+import pytest
+
+from conftest import report_to_pytest_benchmark
+
+
+def test_ruler(benchmark, ruler_case, bench_session):
+    result = bench_session.result(ruler_case)
+    report_to_pytest_benchmark(benchmark, result)
+    if not result.ok:
+        pytest.fail(f"{result.status}: {result.error}", pytrace=False)

@@ -1,0 +1,78 @@
+"""Writes tests/data/small.csv: a small fixed report for the renderer and compare tests.
+
+Run `python tests/make_fixture.py` after a schema change, then review and commit the golden files.
+"""
+
+from pathlib import Path
+
+from bench_lib.schema import SCHEMA_VERSION, to_frame, write_csv_atomic
+
+ENV = {
+    "machine_id": "0123456789ab", "hostname": "ci-host", "cpu_model": "Example CPU 9000", "cpu_count": 2,
+    "memory_total_bytes": 25 * 2**30, "torch_threads": 1, "gpu_name": None, "gpu_count": 0, "gpu_driver": None,
+    "gpu_memory_total_bytes": None, "cuda_version": None, "torch_version": "2.13.0+cpu",
+    "python_version": "3.11.7", "platform": "Linux", "git_commit": "abc123", "cpu_malloc": "glibc pinned",
+}  # fmt: skip
+RUN = {"schema_version": SCHEMA_VERSION, "run_id": "20260101T000000Z_0123456789ab",
+       "timestamp_utc": "2026-01-01T00:00:00+00:00", "profile": "default"}  # fmt: skip
+
+
+def latency(median, iqr=0.01, rounds=500):
+    return {
+        "latency_ms_median": median, "latency_ms_mean": median * 1.01, "latency_ms_min": median * 0.95,
+        "latency_ms_p90": median * 1.05, "latency_ms_p99": median * 1.2, "latency_ms_iqr": iqr,
+        "latency_ms_stddev": iqr, "host_latency_ms_median": median, "rounds": rounds, "iterations": 2,
+        "warmup_rounds": 10, "throughput_items_per_s": 32 / (median / 1e3),
+    }  # fmt: skip
+
+
+def inference(model, mode, median, peak, saved, ratio, **kw):
+    case = {"suite": "inference", "model": model, "device": "cpu", "mode": mode, "batch_size": 32,
+            "dtype": "float32", "status": "ok"}  # fmt: skip
+    return RUN | case | latency(median, **kw) | ENV | {
+        "latency_ratio_to_grad": ratio, "mem_peak_bytes": peak, "mem_saved_for_backward_bytes": saved,
+    }  # fmt: skip
+
+
+def finetune(strategy, median, ratio, grads, opt, act, frozen):
+    case = {"suite": "finetune", "model": "mlp", "device": "cpu", "batch_size": 32, "dtype": "float32",
+            "strategy": strategy, "optimizer": "adamw", "status": "ok"}  # fmt: skip
+    return RUN | case | latency(median) | ENV | {
+        "latency_ratio_to_full": ratio, "mem_params_bytes": 2648104, "mem_grads_bytes": grads,
+        "mem_optimizer_state_bytes": opt, "mem_activations_bytes": act, "mem_peak_bytes": grads + act,
+        "trainable_params": grads // 4, "total_params": 662026, "frozen_blocks": frozen,
+    }  # fmt: skip
+
+
+FAILED = {"suite": "inference", "model": "transformer", "device": "cpu", "mode": "no_grad", "batch_size": 32,
+          "dtype": "float32", "status": "failed", "error": "no_grad: output has a grad_fn"}  # fmt: skip
+RULER = [
+    RUN | {"suite": "ruler", "model": "ruler", "device": "cpu", "mode": name, "batch_size": 1, "dtype": "float32",
+           "status": "ok"} | latency(ms) | ENV
+    for name, ms in (("matmul", 5.0), ("copy", 2.0), ("tiny_ops", 0.4))
+]  # fmt: skip
+
+ROWS = [
+    inference("mlp", "grad", 0.5, 262144, 229376, 1.0),
+    inference("mlp", "no_grad", 0.49, 196608, 0, 0.98),
+    inference("mlp", "inference_mode", 0.48, 196608, 0, 0.96, iqr=0.1),
+    inference("transformer", "grad", 8.0, 12124160, 10575872, 1.0, rounds=50),
+    RUN
+    | {
+        "suite": "inference",
+        "model": "transformer",
+        "device": "cpu",
+        "mode": "no_grad",
+        "batch_size": 32,
+        "dtype": "float32",
+        "status": "failed",
+        "error": "no_grad: output has a grad_fn",
+    }
+    | ENV,
+    finetune("full", 2.9, 1.0, 2648104, 5296240, 230912, 0),
+    finetune("frozen_3", 0.95, 0.33, 20520, 41048, 67072, 3),
+    *RULER,
+]
+
+if __name__ == "__main__":
+    write_csv_atomic(to_frame(ROWS), Path(__file__).parent / "data" / "small.csv")

@@ -1,0 +1,156 @@
+"""`python -m bench_lib report | compare`: renderers, the join, and every bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench_lib.cli import load_results, main
+from bench_lib.compare import compare
+from bench_lib.errors import UserError
+from bench_lib.report import noise_view, render_markdown
+from bench_lib.schema import read_report
+
+DATA = Path(__file__).parent / "data"
+SMALL = DATA / "small.csv"
+
+
+def test_markdown_report_matches_the_golden_file():
+    assert render_markdown(read_report(SMALL)) == (DATA / "small_report.md").read_text()
+
+
+def test_noise_section_flags_spread_few_rounds_and_failures():
+    flags = noise_view(read_report(SMALL))
+    assert ("inference mlp cpu b32 inference_mode", "noisy") in set(
+        zip(flags["case"], flags["flag"], strict=True)
+    )
+    assert "p99 from only 50 rounds" in set(flags["why"])
+    assert "no_grad: output has a grad_fn" in set(flags["why"])
+
+
+def test_html_report_has_every_section_and_embedded_plots(tmp_path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["report", str(SMALL), "--format", "html", "--out", str(out)]) == 0
+    page = out.read_text()
+    for section in ("Environment", "Inference", "Fine-tuning", "Noise and failures"):
+        assert f"<h2>{section}</h2>" in page
+    assert page.count('src="data:image/png;base64,') == 2 + 2 + 1  # latency, memory per model; finetune
+    assert "http" not in page.replace("http-equiv", "")  # self-contained
+
+
+def test_console_report_defaults_to_latest(tmp_path, monkeypatch, capsys):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "latest.csv").write_text(SMALL.read_text())
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert "Inference:" in out and "Fine-tuning:" in out and "Example CPU 9000" in out
+
+
+def other_machine(tmp_path, speed=2.0, drop_model=None, add_row=False):
+    frame = read_report(SMALL)
+    frame["cpu_model"] = "Other CPU"
+    frame["latency_ms_median"] = frame["latency_ms_median"] * speed
+    if drop_model:
+        frame = frame[frame["model"] != drop_model]
+    if add_row:
+        extra = frame.iloc[[0]].copy()
+        extra["batch_size"] = 1
+        frame = pd.concat([frame, extra])
+    path = tmp_path / "other.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_compare_joins_on_the_case_key_and_lists_one_sided_cases(tmp_path):
+    other = other_machine(tmp_path, drop_model="transformer", add_row=True)
+    result = compare([read_report(SMALL), read_report(other)])
+    assert result.labels == ("Example CPU 9000 / torch 2.13.0+cpu", "Other CPU / torch 2.13.0+cpu")
+    ratio = result.table["latency_ms_median ratio [Other CPU / torch 2.13.0+cpu]"]
+    assert len(result.table) == 8 and (ratio == 2.0).all()  # 5 ok cases of mlp, 3 rulers
+    assert list(result.only_in) == ["Example CPU 9000 / torch 2.13.0+cpu", "Other CPU / torch 2.13.0+cpu"]
+    assert set(result.only_in["Example CPU 9000 / torch 2.13.0+cpu"]["model"]) == {"transformer"}
+    assert list(result.only_in["Other CPU / torch 2.13.0+cpu"]["batch_size"]) == [1]
+
+
+@pytest.mark.parametrize("fmt", ["console", "csv", "md", "html"])
+def test_compare_formats(tmp_path, capsys, fmt):
+    assert main(["compare", str(SMALL), str(other_machine(tmp_path)), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert "latency_ms_median" in out and "Other CPU" in out
+
+
+def test_normalize_divides_by_each_machines_ruler(tmp_path):
+    other = read_report(other_machine(tmp_path, speed=2.0))  # everything, the ruler too, 2x slower
+    result = compare([read_report(SMALL), other], normalize=True)
+    normalized = result.table["latency_ms_median normalized ratio [Other CPU / torch 2.13.0+cpu]"]
+    assert (normalized.round(9) == 1.0).all()
+
+
+def test_normalize_needs_a_ruler(tmp_path):
+    frame = read_report(SMALL)
+    frame = frame[frame["suite"] != "ruler"]
+    with pytest.raises(UserError, match="has no ruler for device 'cpu'"):
+        compare([frame, read_report(other_machine(tmp_path))], normalize=True)
+
+
+def test_same_machine_twice_is_told_apart_by_run():
+    frame = read_report(SMALL)
+    result = compare([frame, frame])
+    assert result.labels[0] != result.labels[1] and "20260101T000000Z" in result.labels[0]
+
+
+def test_load_results_concatenates_reports():
+    assert len(load_results([SMALL, SMALL])) == 2 * len(read_report(SMALL))
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (lambda t: ["report", str(t / "nope.csv")], "no such file"),
+        (lambda t: ["report", write(t, "e.csv", "")], "empty file"),
+        (lambda t: ["report", write(t, "x.csv", "a,b\n1,2\n")], "no schema_version column"),
+        (lambda t: ["report", write(t, "v.csv", SMALL.read_text().replace("\n1,", "\n7,"))], "newer"),
+        (lambda t: ["report", write(t, "n.csv", SMALL.read_text().replace(",262144,", ",-5,"))], "negative"),
+        (lambda t: ["report", write(t, "m.csv", "schema_version,suite\n1,inference\n")], "missing required"),
+        (lambda t: ["report", str(SMALL), "--format", "html"], "--format html needs --out"),
+        (lambda t: ["report", "--format", "pdf"], "invalid choice"),
+        (lambda t: ["compare", str(SMALL)], "at least two reports"),
+        (
+            lambda t: ["compare", str(SMALL), str(other_machine(t, drop_model="mlp").with_name("o.csv"))],
+            "no such file",
+        ),
+        (lambda t: ["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    assert main(argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_reports_without_common_cases(tmp_path):
+    frame = read_report(SMALL)
+    frame["model"] = "other"
+    path = tmp_path / "o.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match="no case in common"):
+        compare([read_report(SMALL), read_report(path)])
+
+
+def test_the_module_entry_point_exits_2_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench_lib", "report", str(tmp_path / "missing.csv")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {tmp_path / 'missing.csv'}: no such file"
