@@ -53,7 +53,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from bench_lib.schema import read_report
 
     frames = [read_report(p) for p in args.reports]
-    _write(render(compare(frames, normalize=args.normalize), args.format), args.out)
+    _write(render(compare(frames), args.format), args.out)
     return 0
 
 
@@ -68,9 +68,6 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare reports from different machines or runs")
     c.add_argument("reports", nargs="+", help="two or more CSV reports; the first is the reference")
     c.add_argument("--format", choices=["console", "csv", "md", "html"], default="console")
-    c.add_argument(
-        "--normalize", action="store_true", help="also show latency ratios relative to each machine's ruler"
-    )
     c.add_argument("--out", help="write to this file instead of standard output")
     c.set_defaults(func=cmd_compare)
     return p

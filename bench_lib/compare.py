@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from bench_lib.cases import KEY_FIELDS
@@ -58,24 +57,12 @@ def _labels(frames: Sequence[pd.DataFrame]) -> list[str]:
     return labels
 
 
-def ruler_index(frame: pd.DataFrame) -> dict[str, float]:
-    """Per device kind, the geometric mean of the ruler medians (ms): one number for the speed
-    of the machine on that device. Empty when the report has no ruler."""
-    ruler = frame[(frame["suite"] == "ruler") & (frame["status"] == "ok")]
-    out = {}
-    for device, group in ruler.groupby("device"):
-        values = group["latency_ms_median"].astype(float)
-        out[device] = float(np.exp(np.log(values).mean()))
-    return out
-
-
-def compare(
-    frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None, normalize: bool = False
-) -> Comparison:
+def compare(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> Comparison:
     """Join successful cases of `frames` on the case key (device kind, not device index).
 
-    With `normalize`, also each later report's latency ratio to the first after dividing every
-    latency by its own report's ruler index on that device (`ruler_index`).
+    The calibration ruler's rows (suite `ruler`) join like any case: their ratio tells how much
+    faster the machine itself was on fixed workloads. Dividing every latency by a ruler index
+    (a `--normalize`) was measured and did not make machines comparable (see the README).
     """
     if len(frames) < 2:
         raise UserError("compare needs at least two reports")
@@ -103,8 +90,6 @@ def compare(
             columns[f"{metric} ratio [{label}]"] = (v.astype("Float64") / values[0].astype("Float64")).astype(
                 "Float64"
             )
-    if normalize:
-        columns |= _normalized(frames, keyed, common, labels)
     table = pd.DataFrame(columns, index=common).reset_index()
     only_in = {}
     for label, k in zip(labels, keyed, strict=True):
@@ -112,21 +97,6 @@ def compare(
         if not alone.empty:
             only_in[label] = alone.to_frame(index=False)
     return Comparison(tuple(labels), table, only_in)
-
-
-def _normalized(frames, keyed, common, labels) -> dict[str, pd.Series]:  # type: ignore[no-untyped-def]
-    devices = common.get_level_values("device")
-    scaled = []
-    for label, frame, k in zip(labels, frames, keyed, strict=True):
-        index = ruler_index(frame)
-        missing = sorted(set(devices) - set(index))
-        if missing:
-            raise UserError(f"--normalize: report {label!r} has no ruler for device {missing[0]!r}")
-        scaled.append(k.loc[common, "latency_ms_median"].astype("Float64") / devices.map(index).to_numpy())
-    return {
-        f"latency_ms_median normalized ratio [{label}]": v / scaled[0]
-        for label, v in zip(labels[1:], scaled[1:], strict=True)
-    }
 
 
 def render(comparison: Comparison, fmt: str) -> str:

@@ -178,7 +178,7 @@ SECTIONS = (
     (
         "Calibration ruler",
         ruler_view,
-        "Median ms of fixed workloads: a 512x512 matmul, a 16 MiB copy, 100 tiny adds (compare --normalize).",
+        "Median ms of fixed workloads: a 512x512 matmul, a 16 MiB copy, 100 tiny adds: the machine's own speed.",
     ),
     ("Noise and failures", noise_view, "Cases whose figures should not be trusted, and why."),
 )

@@ -1,5 +1,6 @@
-"""A calibration ruler measured in every run, per device, so reports from different machines can
-be shown relative to each machine's speed (`compare --normalize`).
+"""A calibration ruler measured in every run, per device: how fast the machine itself was on fixed
+workloads, so a comparison of two reports can tell a change in the code from a change in the
+machine (its rows join in `compare` like any case).
 
 Three fixed workloads, measured interleaved like the modes of a model:
 - `matmul`: a 512 x 512 fp32 matrix product (compute-bound);

@@ -227,6 +227,10 @@ def read_report(path: Path | str) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in frame]
     if missing:
         raise UserError(f"{path}: missing required columns: {', '.join(missing)}")
+    numeric = [c.name for c in COLUMNS if c.kind in ("int", "float") and c.name in frame]
+    bad = [c for c in numeric if frame[c].str.strip().str.lower().isin(["nan", "inf", "-inf", "+inf"]).any()]
+    if bad:
+        raise UserError(f"{path}: NaN or infinite values in {', '.join(bad)}")
     frame = frame.replace("", pd.NA)
     for v in range(version, SCHEMA_VERSION):
         frame = _MIGRATIONS[v](frame)
@@ -237,7 +241,6 @@ def read_report(path: Path | str) -> pd.DataFrame:
     bad_status = set(frame["status"].dropna()) - set(STATUSES)
     if bad_status:
         raise UserError(f"{path}: unknown status values: {', '.join(sorted(bad_status))}")
-    numeric = [c.name for c in COLUMNS if c.kind in ("int", "float") and c.name in frame]
     negative = [c for c in numeric if (frame[c].dropna() < 0).any()]
     if negative:
         raise UserError(f"{path}: negative values in {', '.join(negative)}")

@@ -1,6 +1,5 @@
 """The calibration ruler of each device: a fixed matmul, a memory-bound copy and a loop of tiny
-ops, recorded in every run so that `python -m bench_lib compare --normalize` can show latency
-relative to each machine's speed."""
+ops, recorded in every run so that a comparison shows how much the machine itself moved."""
 
 import pytest
 

@@ -82,20 +82,6 @@ def test_compare_formats(tmp_path, capsys, fmt):
     assert "latency_ms_median" in out and "Other CPU" in out
 
 
-def test_normalize_divides_by_each_machines_ruler(tmp_path):
-    other = read_report(other_machine(tmp_path, speed=2.0))  # everything, the ruler too, 2x slower
-    result = compare([read_report(SMALL), other], normalize=True)
-    normalized = result.table["latency_ms_median normalized ratio [Other CPU / torch 2.13.0+cpu]"]
-    assert (normalized.round(9) == 1.0).all()
-
-
-def test_normalize_needs_a_ruler(tmp_path):
-    frame = read_report(SMALL)
-    frame = frame[frame["suite"] != "ruler"]
-    with pytest.raises(UserError, match="has no ruler for device 'cpu'"):
-        compare([frame, read_report(other_machine(tmp_path))], normalize=True)
-
-
 def test_same_machine_twice_is_told_apart_by_run():
     frame = read_report(SMALL)
     result = compare([frame, frame])

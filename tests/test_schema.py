@@ -113,6 +113,10 @@ def valid_text(report):
             "negative values in mem_peak_bytes",
         ),
         (lambda tmp, rep: write(tmp, valid_text(rep).replace(",ok,", ",great,")), "unknown status"),
+        (
+            lambda tmp, rep: write(tmp, valid_text(rep).replace(",1024,", ",nan,")),
+            "NaN or infinite values in mem_peak_bytes",
+        ),
         (lambda tmp, rep: write(tmp, valid_text(rep).replace(",1024,", ",lots,")), "wrong type"),
     ],
 )
