@@ -247,7 +247,6 @@ def measure_finetune_group(
         rounds=profile.finetune_rounds,
         warmup_rounds=profile.finetune_warmup_rounds,
         iterations=iterations,
-        on_error=lambda exc: device.release_memory(),
     )
     for variant, exc in timed.errors.items():
         results[variant] = failure(cases[variant], exc, **metrics[variant])

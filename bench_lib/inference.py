@@ -92,7 +92,6 @@ def measure_inference_group(
         rounds=profile.rounds,
         warmup_rounds=profile.warmup_rounds,
         iterations=iterations,
-        on_error=lambda exc: device.release_memory(),
     )
     for mode, exc in timed.errors.items():
         results[mode] = failure(cases[mode], exc, **metrics[mode])

@@ -120,13 +120,12 @@ def measure_interleaved(
     rounds: int,
     warmup_rounds: int,
     iterations: int,
-    on_error: Callable[[BaseException], None] | None = None,
 ) -> Interleaved:
     """Time `variants` round-robin: `warmup_rounds` untimed rounds, then `rounds` timed ones.
 
-    A variant that raises is dropped from the remaining rounds and its exception reported in
-    `errors` (after `on_error`, e.g. releasing device memory); the others go on. `KeyboardInterrupt`
-    propagates.
+    A variant that raises (out of memory, say) is dropped from the remaining rounds, the device's
+    cached memory is released, and the exception is reported in `errors`; the others go on.
+    `KeyboardInterrupt` propagates.
     """
     if rounds < 1 or warmup_rounds < 0 or iterations < 1:
         raise ValueError("need rounds >= 1, warmup_rounds >= 0 and iterations >= 1")
@@ -143,8 +142,7 @@ def measure_interleaved(
                         timed = device.time_round(variant.fn, iterations)
                 except Exception as exc:  # noqa: BLE001 - recorded per variant, the run goes on
                     result.errors[variant.name] = exc
-                    if on_error is not None:
-                        on_error(exc)
+                    device.release_memory()
                     continue
                 if r >= warmup_rounds:
                     host[variant.name].append(timed.host_s * 1e3 / iterations)

@@ -73,13 +73,17 @@ def test_a_failing_variant_is_dropped_and_the_others_go_on():
             raise RuntimeError("boom")
 
     released = []
+
+    class Device(CpuDevice):
+        def release_memory(self):
+            released.append(True)
+
     out = measure_interleaved(
         [Variant("ok", lambda: None), Variant("flaky", flaky)],
-        CpuDevice(),
+        Device(),
         rounds=5,
         warmup_rounds=0,
         iterations=1,
-        on_error=released.append,
     )
     assert set(out.samples) == {"ok"} and out.samples["ok"].rounds == 5
     assert str(out.errors["flaky"]) == "boom" and len(released) == 1
