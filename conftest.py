@@ -17,6 +17,12 @@ from bench_lib.session import BenchSession, RunConfig
 
 # option name, environment variable, default, help
 OPTIONS = (
+    (
+        "start-method",
+        "BENCH_START_METHOD",
+        "forkserver",
+        "how worker processes start: forkserver (fast) or spawn (fully independent, ~1.5 s each)",
+    ),
     ("profile", "BENCH_PROFILE", "default", "benchmark profile: tiny, default or full"),
     ("models", "BENCH_MODELS", "", "comma-separated zoo models (default: all)"),
     (
@@ -76,6 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
             malloc=opt("malloc"),
             processes=opt("processes"),
             optimizers=opt("optimizers"),
+            start_method=opt("start-method"),
         )
     except UserError as exc:
         raise pytest.UsageError(str(exc)) from None

@@ -18,7 +18,9 @@ WORKER_TIMEOUT_S = 1800
 ERROR_KEY = "__error__"
 
 
-def run_group(request: Mapping[str, Any], cases: Mapping[str, Case], processes: int) -> dict[str, CaseResult]:
+def run_group(
+    request: Mapping[str, Any], cases: Mapping[str, Case], processes: int, start_method: str = "forkserver"
+) -> dict[str, CaseResult]:
     """Measure a group in `processes` fresh worker processes, one after the other, and pool them.
 
     `processes=0` measures in this process instead (for debugging; no isolation). `cases` names
@@ -26,27 +28,37 @@ def run_group(request: Mapping[str, Any], cases: Mapping[str, Case], processes: 
     """
     if processes == 0:
         return run_request(request)
-    parts = [_run_worker(request, cases) for _ in range(processes)]
+    parts = [_run_worker(request, cases, start_method) for _ in range(processes)]
     return pool(parts)
 
 
-def _context() -> multiprocessing.context.BaseContext:
-    """Workers fork from a server process that imported torch and bench_lib once and never ran
-    anything: every worker starts from the same clean state, in milliseconds instead of the ~1.5 s
-    of a fresh interpreter. Where forkserver is missing (macOS, Windows), spawn."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            _CONTEXT = multiprocessing.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(
+START_METHODS = ("forkserver", "spawn")
+
+
+def _context(method: str) -> multiprocessing.context.BaseContext:
+    """How workers start.
+
+    - `forkserver` (default): workers fork from a server process that imported torch and bench_lib
+      once and ran nothing, so each starts clean in milliseconds instead of the ~1.5 s of a fresh
+      interpreter. They share the server's address-space layout, so a run's processes are not
+      independent of it: figures that depend on memory layout vary between runs more than
+      between a run's processes (seen on the MLP's training step at batch 1).
+    - `spawn`: a fresh interpreter per worker: fully independent processes, ~1.5 s each.
+    Where forkserver is missing (macOS, Windows), spawn.
+    """
+    if method == "forkserver" and "forkserver" not in multiprocessing.get_all_start_methods():
+        method = "spawn"
+    if method not in _CONTEXTS:
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(
                 ["bench_lib.worker", "bench_lib.inference", "bench_lib.finetune", "bench_lib.ruler"]
             )
-        else:
-            _CONTEXT = multiprocessing.get_context("spawn")
-    return _CONTEXT
+        _CONTEXTS[method] = ctx
+    return _CONTEXTS[method]
 
 
-_CONTEXT: multiprocessing.context.BaseContext | None = None
+_CONTEXTS: dict[str, multiprocessing.context.BaseContext] = {}
 
 
 def _child(request: Mapping[str, Any], conn: Connection) -> None:
@@ -58,8 +70,10 @@ def _child(request: Mapping[str, Any], conn: Connection) -> None:
         conn.close()
 
 
-def _run_worker(request: Mapping[str, Any], cases: Mapping[str, Case]) -> dict[str, CaseResult]:
-    ctx = _context()
+def _run_worker(
+    request: Mapping[str, Any], cases: Mapping[str, Case], start_method: str
+) -> dict[str, CaseResult]:
+    ctx = _context(start_method)
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_child, args=(dict(request), sender), daemon=True)
     process.start()

@@ -33,7 +33,7 @@ from bench_lib.models import ZOO, get_model
 from bench_lib.modes import MODES, REFERENCE_MODE
 from bench_lib.results import CaseResult, with_ratios
 from bench_lib.ruler import RULERS
-from bench_lib.runner import run_group
+from bench_lib.runner import START_METHODS, run_group
 from bench_lib.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
 
 DEFAULT_THREADS = 1  # like torch.utils.benchmark: steadier figures; BENCH_THREADS overrides
@@ -51,6 +51,7 @@ class RunConfig:
     results_dir: Path = Path("results")
     pin_malloc: bool = True
     optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
+    start_method: str = "forkserver"
 
     @classmethod
     def parse(
@@ -64,10 +65,14 @@ class RunConfig:
         malloc: str = "pinned",
         processes: str | None = None,
         optimizers: str | None = None,
+        start_method: str | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
         if malloc not in ("pinned", "default"):
             raise UserError(f"unknown malloc setting {malloc!r} (known: pinned, default)")
+        start_method = start_method or "forkserver"
+        if start_method not in START_METHODS:
+            raise UserError(f"unknown start method {start_method!r} (known: {', '.join(START_METHODS)})")
         chosen = get_profile(profile)
         if processes is not None and processes.strip():
             chosen = replace(chosen, processes=_parse_count(processes, "processes", minimum=0))
@@ -82,6 +87,7 @@ class RunConfig:
             results_dir=Path(results_dir),
             pin_malloc=malloc == "pinned",
             optimizers=tuple(parse_list(optimizers, list(OPTIMIZERS), "optimizer")),
+            start_method=start_method,
         )
 
     def inference_cases(self) -> list[Case]:
@@ -199,14 +205,12 @@ class BenchSession:
         processes) the first time; the result is added to the report."""
         group = case.group
         if group not in self._groups:
+            # the suites add the reference variants (grad, full) that the ratios need
             variants = self._variants(group) or [case.variant]
-            if case.suite == INFERENCE:
-                variants = list(dict.fromkeys([REFERENCE_MODE, *variants]))
-            elif case.suite == FINETUNE:
-                optimizers = dict.fromkeys(v.split("/")[0] for v in variants)
-                variants = list(dict.fromkeys([*(f"{o}/{FULL}" for o in optimizers), *variants]))
             cases = {v: _case_of(case, v) for v in variants}
-            pooled = run_group(self._request(case, variants), cases, self.config.profile.processes)
+            pooled = run_group(
+                self._request(case, variants), cases, self.config.profile.processes, self.config.start_method
+            )
             self._groups[group] = _add_ratios(case.suite, pooled)
         result = self._groups[group][case.variant]
         self.writer.add(result)

@@ -40,6 +40,11 @@ def test_two_worker_processes_are_pooled_and_tagged():
     assert results["no_grad"].metrics["mem_saved_for_backward_bytes"] == 0
 
 
+def test_spawned_workers_work_too():
+    results = run_group(request(), cases(), processes=1, start_method="spawn")
+    assert results["grad"].ok and results["grad"].samples.rounds == 5
+
+
 def test_in_process_mode_gives_the_same_shape_of_result():
     results = run_group(request(), cases(), processes=0)
     assert results["grad"].samples.rounds == 5 and set(results["grad"].samples.process) == {0}

@@ -35,6 +35,9 @@ def test_selection_and_case_expansion():
         ({"threads": "0"}, "threads must be an integer >= 1"),
         ({"threads": "many"}, "threads must be an integer >= 1"),
         ({"malloc": "jemalloc"}, "unknown malloc setting"),
+        ({"start_method": "fork"}, "unknown start method 'fork'"),
+        ({"optimizers": "lbfgs"}, "unknown optimizer 'lbfgs'"),
+        ({"processes": "-1"}, "processes must be an integer >= 0"),
     ],
 )
 def test_bad_options_are_user_errors(kwargs, message):
