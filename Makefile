@@ -5,6 +5,7 @@
 #   make bench ARGS="-k transformer"   any pytest arguments, e.g. a subset of cases
 #   make report                summary of results/latest.csv (FORMAT=md|html, OUT=file, CSV=...)
 #   make compare A=x.csv B=y.csv   compare two reports (FORMAT=csv|md|html, OUT=file)
+#   make gate-memory           tiny CPU run, memory gated against results/baseline/ (CI does this)
 #   make test                  the tests;   make lint   ruff
 # TORCH_SPEC picks the torch build, e.g. TORCH_SPEC="torch==2.11.0" or a wheel path.
 
@@ -18,7 +19,7 @@ BENCH_COLUMNS ?= median,iqr,rounds,iterations
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench test lint format docs report compare clean
+.PHONY: setup bench test lint format docs report compare gate-memory baseline-memory clean
 
 setup: $(STAMP)
 
@@ -55,8 +56,27 @@ compare: $(STAMP)
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=first.csv B=second.csv [FORMAT=md] [OUT=file]" >&2; exit 2; }
 	$(BIN)/python -m bench_lib compare $(A) $(B) --format $(FORMAT) $(OUT_ARG)
 
+# The memory figures are exact byte counts, so a tiny CPU run gates them on any machine with the
+# same torch version. `make baseline-memory` rewrites the baseline: commit it with the change
+# that moved the figures, saying why.
+MEMORY_BASELINE := results/baseline/tiny-cpu.csv
+TINY_RUN = $(BIN)/python -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-disable \
+	--bench-profile=tiny --bench-devices=cpu --bench-results-dir=$(1)
+
+gate-memory: $(STAMP)
+	rm -rf .bench-gate
+	$(call TINY_RUN,.bench-gate) > .bench-gate.log 2>&1 || { tail -n 30 .bench-gate.log; exit 1; }
+	$(BIN)/python -m bench_lib gate $(MEMORY_BASELINE) .bench-gate/latest.csv --only memory
+
+baseline-memory: $(STAMP)
+	rm -rf .bench-gate
+	$(call TINY_RUN,.bench-gate)
+	mkdir -p results/baseline
+	cp .bench-gate/latest.csv $(MEMORY_BASELINE)
+	cp .bench-gate/latest.samples.csv $(MEMORY_BASELINE:.csv=.samples.csv)
+
 docs: $(STAMP)
 	$(BIN)/python -m bench_lib.schema docs/results.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks
+	rm -rf $(VENV) .pytest_cache .benchmarks .bench-gate .bench-gate.log

@@ -1,0 +1,204 @@
+"""The gate's decisions on synthetic samples (a seeded fake), its configuration and its CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench_lib import gate
+from bench_lib.cli import main
+from bench_lib.errors import UserError
+from bench_lib.schema import read_report
+
+SMALL = Path(__file__).parent / "data" / "small.csv"
+KEY = ("inference", "mlp", "cpu", "grad", "32", "float32", "", "")
+LABEL = "inference-mlp-cpu-b32-grad"
+
+
+def side(samples=None, n=8, scale=1.0, noise=0.01, seed=0, frame=None, **changes):
+    """A report side: the fixture report (with `changes` to its columns) and per-run medians of
+    every successful case drawn around its median (seeded), `samples` overriding the mlp grad case."""
+    frame = read_report(SMALL) if frame is None else frame
+    for column, value in changes.items():
+        frame[column] = value
+    rng = np.random.default_rng(seed)
+    medians = {}
+    for _, row in frame[frame["status"] == "ok"].iterrows():
+        key = tuple(str(row[k]) for k in gate.KEY_FIELDS)
+        medians[key] = list(row["latency_ms_median"] * scale * (1 + noise * rng.standard_normal(n)))
+    if samples is not None:
+        medians[KEY] = samples
+    return gate.Side(frame, medians, ("fake.csv",))
+
+
+def verdict(verdicts, metric="latency_ms_median", case=LABEL):
+    return next(v for v in verdicts if v.case == case and v.metric == metric)
+
+
+CONFIG = gate.Config()
+
+
+def test_identical_code_passes():
+    verdicts = gate.gate(side(seed=1), side(seed=2), CONFIG)
+    assert gate.exit_code(verdicts) == 0
+    assert {v.decision for v in verdicts} == {"pass"}
+
+
+def test_a_real_slowdown_is_a_regression():
+    verdicts = gate.gate(side(seed=1), side(seed=2, scale=1.25), CONFIG)
+    v = verdict(verdicts)
+    assert v.decision == "regression" and v.change == pytest.approx(0.25, abs=0.02) and v.p_value < 0.01
+    assert gate.exit_code(verdicts) == 1
+
+
+def test_a_slowdown_below_the_threshold_passes_even_if_significant():
+    v = verdict(gate.gate(side(seed=1), side(seed=2, scale=1.05), CONFIG))
+    assert v.decision == "pass" and "within 10%" in v.why
+
+
+def test_too_few_samples_is_inconclusive_not_a_pass_or_fail():
+    v = verdict(gate.gate(side(n=3, seed=1), side(n=3, seed=2, scale=1.5), CONFIG))
+    assert v.decision == "inconclusive" and "too few samples (3 vs 3)" in v.why
+    assert gate.min_p_value(3, 3) == pytest.approx(1 / 20)
+
+
+def test_too_much_noise_is_inconclusive():
+    v = verdict(gate.gate(side(seed=1, noise=0.3), side(seed=2, noise=0.3, scale=1.5), CONFIG))
+    assert v.decision == "inconclusive" and "spread" in v.why
+
+
+def test_an_improvement_is_reported_and_does_not_fail():
+    verdicts = gate.gate(side(seed=1), side(seed=2, scale=0.7), CONFIG)
+    assert verdict(verdicts).decision == "improved" and gate.exit_code(verdicts) == 0
+
+
+def test_latency_is_not_gated_across_different_machines():
+    verdicts = gate.gate(side(seed=1), side(seed=2, scale=2.0, machine_id="feedfacecafe"), CONFIG)
+    v = verdict(verdicts)
+    assert v.decision == "not gated" and "machine_id differs" in v.why and not v.fails
+    assert verdict(verdicts, "mem_peak_bytes").decision == "pass"  # memory still gated
+    assert gate.exit_code(verdicts) == 0
+
+
+def test_memory_regression_and_improvement_both_fail():
+    bigger = read_report(SMALL)
+    bigger.loc[0, "mem_peak_bytes"] += 4096
+    v = verdict(gate.gate(side(), side(frame=bigger), CONFIG), "mem_peak_bytes")
+    assert v.decision == "regression" and v.why == "+4096 bytes" and v.fails
+    smaller = read_report(SMALL)
+    smaller.loc[0, "mem_peak_bytes"] -= 512
+    v = verdict(gate.gate(side(), side(frame=smaller), CONFIG), "mem_peak_bytes")
+    assert v.decision == "improved" and "update the baseline" in v.why and v.fails
+    tolerant = gate.Config(gate.Rules(memory_slack_bytes=1024))
+    assert verdict(gate.gate(side(), side(frame=smaller), tolerant), "mem_peak_bytes").decision == "pass"
+
+
+def test_memory_is_not_gated_across_torch_versions():
+    v = verdict(gate.gate(side(), side(torch_version="2.14.0"), CONFIG), "mem_peak_bytes")
+    assert v.decision == "not gated" and not v.fails
+
+
+def test_cases_on_one_side_only_are_listed():
+    fewer = read_report(SMALL)
+    fewer = fewer[fewer["model"] != "transformer"]
+    verdicts = gate.gate(side(), side(frame=fewer), CONFIG)
+    missing = [v for v in verdicts if v.decision == "missing"]
+    assert [v.case for v in missing] == ["inference-transformer-cpu-b32-grad"]
+    assert "no successful run in the candidate" in missing[0].why
+
+
+def test_no_case_in_common_is_bad_input():
+    other = read_report(SMALL)
+    other["model"] = "else"
+    with pytest.raises(UserError, match="no successful case in common"):
+        gate.gate(side(), side(frame=other), CONFIG)
+
+
+def test_rules_per_case_pattern_from_pyproject(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        "[tool.bench_lib.gate]\nlatency_threshold = 0.2\n\n"
+        '[[tool.bench_lib.gate.rules]]\nmatch = "inference-mlp-*"\nlatency_threshold = 0.05\n\n'
+        '[[tool.bench_lib.gate.rules]]\nmatch = "finetune-*"\nlatency = "report"\n'
+    )
+    config = gate.load_config(pyproject)
+    assert config.rules_for(LABEL).latency_threshold == 0.05
+    assert config.rules_for("inference-transformer-cpu-b32-grad").latency_threshold == 0.2
+    assert config.rules_for("finetune-mlp-cpu-b32-adamw-full").latency == "report"
+    verdicts = gate.gate(side(seed=1), side(seed=2, scale=1.3), config)
+    assert verdict(verdicts).decision == "regression"
+    ft = verdict(verdicts, case="finetune-mlp-cpu-b32-adamw-full")
+    assert ft.decision == "regression" and not ft.fails and "report-only" in ft.why
+    assert gate.load_config(pyproject, {"latency_threshold": 0.5}).default.latency_threshold == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[tool.bench_lib.gate]\nthreshold = 1\n", "unknown settings"),
+        ("[tool.bench_lib.gate]\nalpha = 2\n", "0 < alpha < 1"),
+        ("[tool.bench_lib.gate]\nlatency = 'maybe'\n", "'gate' or 'report'"),
+        ("[[tool.bench_lib.gate.rules]]\nalpha = 0.1\n", "needs a `match`"),
+        ("[tool.bench_lib.gate\n", "not valid TOML"),
+    ],
+)
+def test_bad_configuration(tmp_path, text, message):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(text)
+    with pytest.raises(UserError, match=message):
+        gate.load_config(pyproject)
+
+
+def write_run(folder: Path, run: str, scale: float, seed: int) -> None:
+    """A report and its samples file: 5 processes x 20 rounds per case."""
+    folder.mkdir(exist_ok=True)
+    frame = read_report(SMALL)
+    frame["run_id"] = run
+    frame.to_csv(folder / f"{run}.csv", index=False)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _, row in frame[frame["status"] == "ok"].iterrows():
+        for proc in range(5):
+            for r in range(20):
+                value = row["latency_ms_median"] * scale * (1 + 0.01 * rng.standard_normal())
+                rows.append({**{k: row[k] for k in gate.KEY_FIELDS}, "run_id": run, "process": proc,
+                             "round": r, "latency_ms": value, "host_latency_ms": value})  # fmt: skip
+    pd.DataFrame(rows).to_csv(folder / f"{run}.samples.csv", index=False)
+
+
+def test_cli_gates_folders_of_runs_and_writes_md_and_json(tmp_path, capsys):
+    for i in range(5):
+        write_run(tmp_path / "base", f"b{i}", 1.0, i)
+        write_run(tmp_path / "cand", f"c{i}", 1.3, 100 + i)
+    md, js = tmp_path / "gate.md", tmp_path / "gate.json"
+    code = main(["gate", str(tmp_path / "base"), str(tmp_path / "cand"), "--md", str(md), "--json", str(js),
+                 "--config", str(tmp_path / "none.toml")])  # fmt: skip
+    assert code == 1
+    assert "FAIL" in capsys.readouterr().out
+    data = json.loads(js.read_text())
+    assert data["exit_code"] == 1 and any(v["decision"] == "regression" for v in data["verdicts"])
+    assert md.read_text().startswith("# bench_lib gate")
+    # a single run per side cannot show significance: inconclusive, and memory alone passes
+    assert (
+        main(["gate", str(tmp_path / "base" / "b0.csv"), str(tmp_path / "cand" / "c0.csv"), "--config", "x"])
+        == 0
+    )
+    assert (
+        main(["gate", str(tmp_path / "base"), str(tmp_path / "cand"), "--only", "memory", "--config", "x"])
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["gate", "missing.csv", "also.csv"], "no such file"),
+        (["gate", str(SMALL)], "the following arguments are required: candidate"),
+        (["gate", str(SMALL), str(SMALL), "--unit", "round"], "invalid choice"),
+    ],
+)
+def test_cli_bad_input_exits_2(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
