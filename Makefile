@@ -76,7 +76,7 @@ baseline-memory: $(STAMP)
 	cp .bench-gate/latest.samples.csv $(MEMORY_BASELINE:.csv=.samples.csv)
 
 docs: $(STAMP)
-	$(BIN)/python -m bench_lib.schema docs/results.md
+	$(BIN)/python -c "from bench_lib.schema import write_docs; write_docs('docs/results.md')"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks .bench-gate .bench-gate.log

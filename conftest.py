@@ -18,6 +18,12 @@ from bench_lib.session import BenchSession, RunConfig
 # option name, environment variable, default, help
 OPTIONS = (
     (
+        "inject",
+        "BENCH_INJECT",
+        "",
+        "deliberate regression to test the gate: MODEL:slow=FRACTION and/or mem=BYTES",
+    ),
+    (
         "start-method",
         "BENCH_START_METHOD",
         "forkserver",
@@ -83,6 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
             processes=opt("processes"),
             optimizers=opt("optimizers"),
             start_method=opt("start-method"),
+            inject=opt("inject"),
         )
     except UserError as exc:
         raise pytest.UsageError(str(exc)) from None

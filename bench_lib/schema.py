@@ -2,6 +2,7 @@
 
 Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when it changes):
   1: first version.
+  2: adds `inject` (the deliberate regression of a gate audit run; empty otherwise).
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
 per-round latency samples of every case (long format), so statistics can be recomputed and the
@@ -23,7 +24,7 @@ from bench_lib.cases import KEY_FIELDS
 from bench_lib.errors import UserError
 from bench_lib.results import STATUSES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("run_id", "str", "", "`<UTC timestamp>_<machine_id>` of the run; names the report file"),
     _C("timestamp_utc", "str", "ISO 8601", "when the run started, UTC"),
     _C("profile", "str", "", "profile the run used (tiny, default, full)"),
+    _C("inject", "str", "", "deliberate regression injected to test the gate (`--bench-inject`); empty for a normal run"),
     _C("suite", "str", "", "`inference` or `finetune`"),
     _C("model", "str", "", "model name in the zoo"),
     _C("device", "str", "", "device kind: `cpu` or `cuda`"),
@@ -148,8 +150,14 @@ REQUIRED = ("schema_version", *KEY_FIELDS, "status")
 SAMPLE_COLUMNS = ("run_id", *KEY_FIELDS, "process", "round", "latency_ms", "host_latency_ms")
 
 _DTYPES = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean"}
+
+
 # Each migration takes a frame of version v and returns one of version v + 1.
-_MIGRATIONS: dict[int, Any] = {}
+def _v1_to_v2(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(inject=pd.NA, schema_version="2")
+
+
+_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2}
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -234,6 +242,7 @@ def read_report(path: Path | str) -> pd.DataFrame:
     frame = frame.replace("", pd.NA)
     for v in range(version, SCHEMA_VERSION):
         frame = _MIGRATIONS[v](frame)
+    frame = frame[[c for c in COLUMN_NAMES if c in frame] + [c for c in frame if c not in COLUMN_NAMES]]
     try:
         frame = _typed(frame)
     except (ValueError, TypeError) as exc:
@@ -264,8 +273,7 @@ def documented(text: str) -> str:
     return text[:first_line_end] + markdown_table() + "\n" + text[end:]
 
 
-if __name__ == "__main__":  # python -m bench_lib.schema docs/results.md: regenerate the table
-    import sys
-
-    doc = Path(sys.argv[1])
+def write_docs(path: str | Path) -> None:
+    """Regenerate the column table of docs/results.md in place (`make docs`)."""
+    doc = Path(path)
     doc.write_text(documented(doc.read_text()))

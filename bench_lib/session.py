@@ -29,6 +29,7 @@ from bench_lib.devices import parse_device_kinds
 from bench_lib.environment import Environment, collect_environment, torch_threads
 from bench_lib.errors import UserError
 from bench_lib.finetune import FULL, OPTIMIZERS, strategy_names
+from bench_lib.inject import parse_injection
 from bench_lib.models import ZOO, get_model
 from bench_lib.modes import MODES, REFERENCE_MODE
 from bench_lib.results import CaseResult, with_ratios
@@ -52,6 +53,7 @@ class RunConfig:
     pin_malloc: bool = True
     optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
     start_method: str = "forkserver"
+    inject: str = ""
 
     @classmethod
     def parse(
@@ -66,6 +68,7 @@ class RunConfig:
         processes: str | None = None,
         optimizers: str | None = None,
         start_method: str | None = None,
+        inject: str | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
         if malloc not in ("pinned", "default"):
@@ -88,6 +91,7 @@ class RunConfig:
             pin_malloc=malloc == "pinned",
             optimizers=tuple(parse_list(optimizers, list(OPTIMIZERS), "optimizer")),
             start_method=start_method,
+            inject=_checked_injection(inject, models),
         )
 
     def inference_cases(self) -> list[Case]:
@@ -102,6 +106,14 @@ class RunConfig:
 
     def cases(self) -> list[Case]:
         return self.ruler_cases() + self.inference_cases() + self.finetune_cases()
+
+
+def _checked_injection(text: str | None, models: str | None) -> str:
+    injection = parse_injection(text)
+    if injection is None:
+        return ""
+    get_model(injection.model)  # an unknown model is a UserError now, not in a worker
+    return text or ""
 
 
 def _parse_count(text: str, what: str, minimum: int = 1) -> int:
@@ -123,6 +135,7 @@ class ReportWriter:
     results_dir: Path
     env: Environment
     profile: str
+    inject: str = ""
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
@@ -142,6 +155,7 @@ class ReportWriter:
             "run_id": self.run_id,
             "timestamp_utc": self.started.isoformat(timespec="seconds"),
             "profile": self.profile,
+            "inject": self.inject,
         }
         rows = [*self.rows, run | result.row() | self.env.columns()]
         samples = list(self.samples)
@@ -180,7 +194,7 @@ class BenchSession:
         malloc = pin_glibc_malloc() if config.pin_malloc else "default (not pinned)"
         with torch_threads(config.threads):  # so the fingerprint records the workers' setting
             self.env = collect_environment(cpu_malloc=malloc)
-        self.writer = ReportWriter(config.results_dir, self.env, config.profile.name)
+        self.writer = ReportWriter(config.results_dir, self.env, config.profile.name, config.inject)
         self._groups: dict[Case, dict[str, CaseResult]] = {}
         self._cases = config.cases()
 
@@ -194,6 +208,7 @@ class BenchSession:
             "profile": asdict(self.config.profile),
             "threads": self.config.threads,
             "pin_malloc": self.config.pin_malloc,
+            "inject": self.config.inject,
         }
 
     def _variants(self, group: Case) -> list[str]:

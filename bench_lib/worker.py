@@ -16,7 +16,8 @@ from bench_lib.allocator import pin_glibc_malloc
 from bench_lib.cases import FINETUNE, INFERENCE, RULER, Profile
 from bench_lib.devices import make_device
 from bench_lib.environment import torch_threads
-from bench_lib.models import get_model
+from bench_lib.inject import injected_spec, parse_injection
+from bench_lib.models import ModelSpec, get_model
 from bench_lib.results import CaseResult
 
 Request = Mapping[str, Any]
@@ -26,11 +27,15 @@ def _profile(request: Request) -> Profile:
     return Profile(**{**request["profile"], "batch_sizes": tuple(request["profile"]["batch_sizes"])})
 
 
+def _spec(request: Request) -> ModelSpec:
+    return injected_spec(get_model(request["model"]), parse_injection(request.get("inject")))
+
+
 def _inference(request: Request) -> dict[str, CaseResult]:
     from bench_lib.inference import measure_inference_group
 
     return measure_inference_group(
-        get_model(request["model"]),
+        _spec(request),
         make_device(request["device"]),
         request["batch_size"],
         _profile(request),
@@ -42,7 +47,7 @@ def _finetune(request: Request) -> dict[str, CaseResult]:
     from bench_lib.finetune import measure_finetune_group
 
     return measure_finetune_group(
-        get_model(request["model"]),
+        _spec(request),
         make_device(request["device"]),
         request["batch_size"],
         _profile(request),

@@ -115,3 +115,17 @@ def test_ctrl_c_keeps_the_rows_already_measured(tmp_path):
     frame = read_report(tmp_path / "latest.csv")
     assert 1 <= len(frame) < 6 and set(frame["model"]) == {"cnn"}
     assert (frame[frame["status"] == "ok"]["batch_size"] == 1).all()
+
+
+def test_memory_gate_catches_an_injected_tensor(tmp_path):
+    """What CI's `make gate-memory` does, with 4 KiB injected into the MLP's forward."""
+    proc = run_suite(tmp_path, "-k", "inference", "--bench-models=mlp", "--bench-inject=mlp:mem=4096")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (read_report(tmp_path / "latest.csv")["inject"] == "mlp:mem=4096").all()
+    baseline = ROOT / "results" / "baseline" / "tiny-cpu.csv"
+    gate = subprocess.run(
+        [sys.executable, "-m", "bench_lib", "gate", str(baseline), str(tmp_path / "latest.csv"), "--only", "memory"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert gate.returncode == 1, gate.stdout
+    assert gate.stdout.count("+4096 bytes") == 6  # mem_peak_bytes of 3 modes x 2 batch sizes

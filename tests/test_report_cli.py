@@ -11,7 +11,7 @@ from bench_lib.cli import load_results, main
 from bench_lib.compare import compare
 from bench_lib.errors import UserError
 from bench_lib.report import noise_view, render_markdown
-from bench_lib.schema import read_report
+from bench_lib.schema import SCHEMA_VERSION, read_report
 
 DATA = Path(__file__).parent / "data"
 SMALL = DATA / "small.csv"
@@ -104,7 +104,13 @@ def write(tmp_path, name, text):
         (lambda t: ["report", str(t / "nope.csv")], "no such file"),
         (lambda t: ["report", write(t, "e.csv", "")], "empty file"),
         (lambda t: ["report", write(t, "x.csv", "a,b\n1,2\n")], "no schema_version column"),
-        (lambda t: ["report", write(t, "v.csv", SMALL.read_text().replace("\n1,", "\n7,"))], "newer"),
+        (
+            lambda t: [
+                "report",
+                write(t, "v.csv", SMALL.read_text().replace(f"\n{SCHEMA_VERSION},", "\n7,")),
+            ],
+            "newer",
+        ),
         (lambda t: ["report", write(t, "n.csv", SMALL.read_text().replace(",262144,", ",-5,"))], "negative"),
         (lambda t: ["report", write(t, "m.csv", "schema_version,suite\n1,inference\n")], "missing required"),
         (lambda t: ["report", str(SMALL), "--format", "html"], "--format html needs --out"),

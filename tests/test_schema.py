@@ -106,7 +106,10 @@ def valid_text(report):
         (lambda tmp, rep: write(tmp, ""), "empty file"),
         (lambda tmp, rep: write(tmp, "name,score\nalice,3\n"), "no schema_version column"),
         (lambda tmp, rep: write(tmp, b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"), "schema_version|not a CSV"),
-        (lambda tmp, rep: write(tmp, valid_text(rep).replace("\n1,", "\n99,")), "newer than this bench_lib"),
+        (
+            lambda tmp, rep: write(tmp, valid_text(rep).replace(f"\n{SCHEMA_VERSION},", "\n99,")),
+            "newer than this bench_lib",
+        ),
         (lambda tmp, rep: write(tmp, "schema_version,model\n1,mlp\n"), "missing required columns: suite"),
         (
             lambda tmp, rep: write(tmp, valid_text(rep).replace(",1024,", ",-1024,")),
@@ -132,3 +135,11 @@ def test_every_column_is_documented():
     missing = [c for c in COLUMN_NAMES if f"`{c}`" not in doc]
     assert missing == []
     assert documented(doc) == doc, "docs/results.md is stale: run `make docs`"
+
+
+def test_version_1_reports_are_migrated():
+    old = Path(__file__).parent / "data" / "small_v1.csv"
+    assert "inject" not in old.read_text().splitlines()[0]
+    frame = read_report(old)
+    assert (frame["schema_version"] == SCHEMA_VERSION).all() and frame["inject"].isna().all()
+    assert list(frame.columns) == list(COLUMN_NAMES)
