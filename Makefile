@@ -6,6 +6,7 @@
 #   make report                summary of results/latest.csv (FORMAT=md|html, OUT=file, CSV=...)
 #   make compare A=x.csv B=y.csv   compare two reports (FORMAT=csv|md|html, OUT=file)
 #   make gate-memory           tiny CPU run, memory gated against results/baseline/ (CI does this)
+#   make gate-audit            false alarms and sensitivity of the gate (long: about 35 minutes)
 #   make test                  the tests;   make lint   ruff
 # TORCH_SPEC picks the torch build, e.g. TORCH_SPEC="torch==2.11.0" or a wheel path.
 
@@ -19,7 +20,7 @@ BENCH_COLUMNS ?= median,iqr,rounds,iterations
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench test lint format docs report compare gate-memory baseline-memory clean
+.PHONY: setup bench test lint format docs report compare gate-memory baseline-memory gate-audit clean
 
 setup: $(STAMP)
 
@@ -74,6 +75,10 @@ baseline-memory: $(STAMP)
 	mkdir -p results/baseline
 	cp .bench-gate/latest.csv $(MEMORY_BASELINE)
 	cp .bench-gate/latest.samples.csv $(MEMORY_BASELINE:.csv=.samples.csv)
+
+AUDIT_ARGS ?=
+gate-audit: $(STAMP)
+	$(BIN)/python -m bench_lib.audit $(AUDIT_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/python -c "from bench_lib.schema import write_docs; write_docs('docs/results.md')"

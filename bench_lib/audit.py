@@ -1,0 +1,112 @@
+"""Audit of the regression gate itself: false alarms on identical code (A/A) and the share of
+injected slowdowns it catches (`make gate-audit`, or `python -m bench_lib.audit --help`).
+
+Each trial measures, interleaved (plain, +s1, +s2, ..., plain, repeated `repeat` times), `2 *
+repeat` plain runs and `repeat` runs per injected slowdown of one model, each a fresh `pytest
+benchmarks/` process. Then it gates plain half A against plain half B (A/A: every failing verdict
+is a false alarm) and plain half A against each injected set (a slowdown is caught when the
+injected model's cases are flagged as regressions). Figures are written to `audit.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench_lib import gate
+from bench_lib.schema import write_text_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_suite(out: Path, select: str, models: str, processes: int, inject: str = "") -> None:
+    cmd = [
+        sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+        "-k", select, f"--bench-models={models}", f"--bench-processes={processes}", "--bench-devices=cpu",
+        f"--bench-results-dir={out}", f"--bench-inject={inject}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"audit: a benchmark run failed:\n{proc.stdout[-2000:]}")
+
+
+def verdicts(base: Path, cand: Path) -> list[gate.Verdict]:
+    def runs(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.glob("2*.csv") if not p.name.endswith(".samples.csv"))
+
+    return gate.gate(gate.load_side(runs(base)), gate.load_side(runs(cand)), gate.Config())
+
+
+def audit(
+    out: Path,
+    trials: int,
+    repeat: int,
+    slowdowns: Sequence[float],
+    model: str,
+    models: str,
+    select: str,
+    processes: int,
+) -> dict:
+    results: dict = {"trials": [], "settings": {"trials": trials, "repeat": repeat, "slowdowns": list(slowdowns),
+                     "model": model, "models": models, "select": select, "processes": processes}}  # fmt: skip
+    for t in range(trials):
+        trial = out / f"trial{t}"
+        for _ in range(repeat):
+            run_suite(trial / "plain_a", select, models, processes)
+            for s in slowdowns:
+                run_suite(trial / f"slow{s}", select, models, processes, f"{model}:slow={s}")
+            run_suite(trial / "plain_b", select, models, processes)
+        aa = verdicts(trial / "plain_a", trial / "plain_b")
+        row = {
+            "trial": t,
+            "aa_false_alarms": [f"{v.case} {v.metric} {v.why}" for v in aa if v.fails],
+            "aa_inconclusive": sum(v.decision == gate.INCONCLUSIVE for v in aa),
+            "aa_latency_verdicts": sum(v.metric == gate.LATENCY for v in aa),
+        }
+        for s in slowdowns:
+            vs = [v for v in verdicts(trial / "plain_a", trial / f"slow{s}") if v.metric == gate.LATENCY]
+            target = [v for v in vs if f"-{model}-" in v.case and v.case.startswith("inference")]
+            others = [v for v in vs if v not in target]
+            row[f"slow{s}"] = {
+                "flagged": sum(v.decision == gate.REGRESSION for v in target),
+                "cases": len(target),
+                "changes": [round(v.change, 4) for v in target if v.change is not None],
+                "false_alarms_elsewhere": [v.case for v in others if v.fails],
+            }
+        results["trials"].append(row)
+        print(json.dumps(row), flush=True)
+        write_text_atomic(out / "audit.json", json.dumps(results, indent=2))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench_lib.audit", description=__doc__)
+    p.add_argument("--out", default="results/audit", help="folder for the runs and audit.json")
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=5, help="runs per side and trial (5 vs 5 reaches p=0.004)")
+    p.add_argument("--slowdowns", default="0.10,0.25", help="injected slowdowns, comma-separated fractions")
+    p.add_argument("--model", default="mlp", help="the model that gets the slowdown")
+    p.add_argument("--models", default="mlp,transformer", help="models each run measures")
+    p.add_argument("--select", default="inference", help="pytest -k expression for each run")
+    p.add_argument("--processes", type=int, default=1, help="worker processes per group in each run")
+    args = p.parse_args(argv)
+    slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
+    audit(
+        Path(args.out),
+        args.trials,
+        args.repeat,
+        slowdowns,
+        args.model,
+        args.models,
+        args.select,
+        args.processes,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
