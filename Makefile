@@ -5,6 +5,7 @@
 #   make bench ARGS="-k transformer"   any pytest arguments, e.g. a subset of cases
 #   make report                summary of results/latest.csv (FORMAT=md|html, OUT=file, CSV=...)
 #   make compare A=x.csv B=y.csv   compare two reports (FORMAT=csv|md|html, OUT=file)
+#   make gate BASE=origin/main REPEAT=5   base and this checkout measured interleaved, then gated
 #   make gate-memory           tiny CPU run, memory gated against results/baseline/ (CI does this)
 #   make gate-audit            false alarms and sensitivity of the gate (long: about 35 minutes)
 #   make test                  the tests;   make lint   ruff
@@ -20,7 +21,7 @@ BENCH_COLUMNS ?= median,iqr,rounds,iterations
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench test lint format docs report compare gate-memory baseline-memory gate-audit clean
+.PHONY: setup bench test lint format docs report compare gate gate-memory baseline-memory gate-audit clean
 
 setup: $(STAMP)
 
@@ -75,6 +76,27 @@ baseline-memory: $(STAMP)
 	mkdir -p results/baseline
 	cp .bench-gate/latest.csv $(MEMORY_BASELINE)
 	cp .bench-gate/latest.samples.csv $(MEMORY_BASELINE:.csv=.samples.csv)
+
+# `make gate`: BASE (a git ref) is checked out in a worktree; it and this checkout are measured
+# REPEAT times each, alternately (ABAB), one worker process per group (each run is one sample of
+# the gate's test); then `bench_lib gate` decides. Reports and verdicts stay in results/gate/.
+BASE ?= origin/main
+REPEAT ?= 5
+GATE_ARGS ?=
+GATE_RUN = PYTHONPATH=. $(abspath $(BIN))/python -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-disable \
+	--bench-processes=1 --bench-results-dir=$(1) $(ARGS) > /dev/null; rc=$$?; [ $$rc -le 1 ] || exit 2
+
+gate: $(STAMP)
+	rm -rf results/gate; git worktree remove --force .bench-base 2>/dev/null || rm -rf .bench-base
+	git worktree add --force --detach .bench-base $(BASE)
+	for i in $$(seq $(REPEAT)); do \
+		echo "run $$i of $(REPEAT): base, then candidate"; \
+		(cd .bench-base && $(call GATE_RUN,$(CURDIR)/results/gate/base)) || exit 2; \
+		$(call GATE_RUN,$(CURDIR)/results/gate/candidate) || exit 2; \
+	done
+	git worktree remove --force .bench-base
+	$(BIN)/python -m bench_lib gate results/gate/base results/gate/candidate \
+		--md results/gate/verdict.md --json results/gate/verdict.json $(GATE_ARGS)
 
 AUDIT_ARGS ?=
 gate-audit: $(STAMP)

@@ -43,6 +43,18 @@ class Case:
         return replace(self, mode="", strategy="", optimizer="")
 
     @property
+    def label(self) -> str:
+        """`<suite>-<id>`, e.g. `inference-mlp-cpu-b32-grad`: what gate rules match."""
+        return f"{self.suite}-{self.id}"
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, object]) -> Case:
+        """The case of a report row (or any mapping with the key columns)."""
+        values = {k: ("" if _blank(row[k]) else row[k]) for k in KEY_FIELDS}
+        values["batch_size"] = int(values["batch_size"])  # type: ignore[call-overload]
+        return cls(**{k: (str(v) if k != "batch_size" else v) for k, v in values.items()})  # type: ignore[arg-type]
+
+    @property
     def variant(self) -> str:
         """The case's name within its group: its mode, or `<optimizer>/<strategy>`."""
         return self.mode or f"{self.optimizer}/{self.strategy}"
@@ -54,6 +66,14 @@ class Case:
             parts.append(self.dtype)
         parts += [p for p in (self.optimizer, self.strategy, self.mode) if p]
         return "-".join(parts)
+
+
+def _blank(value: object) -> bool:
+    """None, NaN or pandas' NA (whose comparisons raise TypeError)."""
+    try:
+        return value is None or bool(value != value)
+    except TypeError:
+        return True
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import pandas as pd
 import tomllib
 from scipy.stats import mannwhitneyu
 
-from bench_lib.cases import KEY_FIELDS
+from bench_lib.cases import KEY_FIELDS, Case
 from bench_lib.errors import UserError
 from bench_lib.schema import read_report, samples_path
 
@@ -185,10 +185,7 @@ def load_side(paths: Sequence[str | Path], unit: str = "run") -> Side:
 
 
 def _label(key: tuple) -> str:
-    suite, model, device, mode, batch, dtype, strategy, optimizer = key
-    parts = [suite, model, device, f"b{batch}"] + ([dtype] if dtype != "float32" else [])
-    parts += [p for p in (optimizer, strategy, mode) if p]
-    return "-".join(str(p) for p in parts)
+    return Case.from_row(dict(zip(KEY_FIELDS, key, strict=True))).label
 
 
 def _fingerprint(frame: pd.DataFrame) -> dict[str, set[str]]:

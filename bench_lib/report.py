@@ -8,10 +8,9 @@ import math
 
 import pandas as pd
 
+from bench_lib.cases import Case
 from bench_lib.modes import MODES, REFERENCE_MODE
 from bench_lib.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
-
-GROUP = ["model", "device", "batch_size"]
 
 
 def format_bytes(n: float | None) -> str:
@@ -38,7 +37,9 @@ def inference_table(frame: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame()
     values = ["latency_ms_median", "latency_ratio_to_grad", "mem_peak_bytes", "mem_saved_for_backward_bytes"]
-    table = ok.pivot_table(index=GROUP, columns="mode", values=values, aggfunc="first", dropna=False)
+    table = ok.pivot_table(
+        index=["model", "device", "batch_size"], columns="mode", values=values, aggfunc="first", dropna=False
+    )
     modes = [m for m in MODES if m in ok["mode"].unique()]
     return table.reindex(columns=pd.MultiIndex.from_product([values, modes]))
 
@@ -141,7 +142,7 @@ def noise_view(frame: pd.DataFrame) -> pd.DataFrame:
     of the median, or too few rounds for the p99 they report."""
     rows = []
     for _, row in frame.iterrows():
-        label = _case_label(row)
+        label = Case.from_row(row).label
         if row["status"] != "ok":
             rows.append((label, row["status"], row["error"]))
             continue
@@ -153,12 +154,6 @@ def noise_view(frame: pd.DataFrame) -> pd.DataFrame:
         if row["rounds"] < MIN_ROUNDS_FOR_P99:
             rows.append((label, "few rounds", f"p99 from only {row['rounds']} rounds"))
     return pd.DataFrame(rows, columns=["case", "flag", "why"])
-
-
-def _case_label(row: pd.Series) -> str:
-    parts = [row["suite"], row["model"], row["device"], f"b{row['batch_size']}"]
-    parts += [row[k] for k in ("optimizer", "strategy", "mode") if isinstance(row[k], str) and row[k]]
-    return " ".join(str(p) for p in parts)
 
 
 SECTIONS = (

@@ -23,7 +23,7 @@ def test_markdown_report_matches_the_golden_file():
 
 def test_noise_section_flags_spread_few_rounds_and_failures():
     flags = noise_view(read_report(SMALL))
-    assert ("inference mlp cpu b32 inference_mode", "noisy") in set(
+    assert ("inference-mlp-cpu-b32-inference_mode", "noisy") in set(
         zip(flags["case"], flags["flag"], strict=True)
     )
     assert "p99 from only 50 rounds" in set(flags["why"])
