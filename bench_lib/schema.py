@@ -232,6 +232,10 @@ def read_report(path: Path | str) -> pd.DataFrame:
         raise UserError(
             f"{path}: schema_version {version} is newer than this bench_lib reads ({SCHEMA_VERSION}); upgrade bench_lib"
         )
+    if version < 1 or (versions != version).any():
+        raise UserError(
+            f"{path}: unknown schema_version {int(versions.min())} (this bench_lib reads 1 to {SCHEMA_VERSION})"
+        )
     missing = [c for c in REQUIRED if c not in frame]
     if missing:
         raise UserError(f"{path}: missing required columns: {', '.join(missing)}")

@@ -111,6 +111,7 @@ def valid_text(report):
             "newer than this bench_lib",
         ),
         (lambda tmp, rep: write(tmp, "schema_version,model\n1,mlp\n"), "missing required columns: suite"),
+        (lambda tmp, rep: write(tmp, "schema_version,model\n0,mlp\n"), "unknown schema_version 0"),
         (
             lambda tmp, rep: write(tmp, valid_text(rep).replace(",1024,", ",-1024,")),
             "negative values in mem_peak_bytes",
