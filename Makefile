@@ -2,12 +2,17 @@
 # first use and again whenever pyproject.toml changes.
 #   make bench                 the benchmark suite on every device here, CSV in results/
 #   make bench PROFILE=full    larger batch sizes, more rounds (PROFILE=tiny: seconds, smoke test)
+#   make bench PROFILE=hf      BERT-base and GPT-2 small (installs the hf extra: transformers)
+#   make bench MODELS=mlp,examples/custom_model.py:make_trainable   zoo and your own models
+#   make bench BATCH_SIZES=1,8 DEVICES=cpu DTYPES=float32,bfloat16   batch sizes, devices, precisions
 #   make bench ARGS="-k transformer"   any pytest arguments, e.g. a subset of cases
 #   make report                summary of results/latest.csv (FORMAT=md|html, OUT=file, CSV=...)
 #   make compare A=x.csv B=y.csv   compare two reports (FORMAT=csv|md|html, OUT=file)
 #   make gate BASE=origin/main REPEAT=5   base and this checkout measured interleaved, then gated
 #   make gate-memory           tiny CPU run, memory gated against results/baseline/ (CI does this)
 #   make gate-audit            false alarms and sensitivity of the gate (long: about 35 minutes)
+#   make gpu-check OUT=dir     on a GPU machine, with its own python3, nothing installed: CUDA tests,
+#                              a small benchmark, the GPU targets; CSV + reports in OUT
 #   make test                  the tests;   make lint   ruff
 # TORCH_SPEC picks the torch build, e.g. TORCH_SPEC="torch==2.11.0" or a wheel path.
 
@@ -20,8 +25,15 @@ BENCH_COLUMNS ?= median,iqr,rounds,iterations
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+HF_STAMP := $(VENV)/.installed-hf
+MODELS ?=
+BATCH_SIZES ?=
+DEVICES ?=
+DTYPES ?=
+BENCH_OPTS = $(if $(MODELS),--bench-models=$(MODELS)) $(if $(BATCH_SIZES),--bench-batch-sizes=$(BATCH_SIZES)) \
+	$(if $(DEVICES),--bench-devices=$(DEVICES)) $(if $(DTYPES),--bench-dtypes=$(DTYPES))
 
-.PHONY: setup bench test lint format docs report compare gate gate-memory baseline-memory gate-audit clean
+.PHONY: gpu-check setup setup-hf bench test lint format docs report compare gate gate-memory baseline-memory gate-audit clean
 
 setup: $(STAMP)
 
@@ -31,9 +43,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-bench: $(STAMP)
+$(HF_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf]"
+	touch $@
+
+setup-hf: $(HF_STAMP)
+
+bench: $(STAMP) $(if $(filter hf,$(PROFILE)),$(HF_STAMP))
 	$(BIN)/python -m pytest benchmarks/ -p no:cacheprovider --bench-profile=$(PROFILE) \
-		--benchmark-columns=$(BENCH_COLUMNS) $(ARGS)
+		--benchmark-columns=$(BENCH_COLUMNS) $(BENCH_OPTS) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/ $(ARGS)
@@ -97,6 +115,11 @@ gate: $(STAMP)
 	git worktree remove --force .bench-base
 	$(BIN)/python -m bench_lib gate results/gate/base results/gate/candidate \
 		--md results/gate/verdict.md --json results/gate/verdict.json $(GATE_ARGS)
+
+# No virtual environment: GPU machines often have no network; their python3 has torch etc.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m bench_lib.gpucheck --out $(or $(OUT),results/gpu-check) $(ARGS)
 
 AUDIT_ARGS ?=
 gate-audit: $(STAMP)

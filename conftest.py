@@ -13,7 +13,7 @@ import pytest
 from bench_lib.errors import UserError
 from bench_lib.report import render_summary
 from bench_lib.results import CaseResult
-from bench_lib.session import BenchSession, RunConfig
+from bench_lib.session import BenchSession, RunConfig, unavailable
 
 # option name, environment variable, default, help
 OPTIONS = (
@@ -30,7 +30,20 @@ OPTIONS = (
         "how worker processes start: forkserver (fast) or spawn (fully independent, ~1.5 s each)",
     ),
     ("profile", "BENCH_PROFILE", "default", "benchmark profile: tiny, default or full"),
-    ("models", "BENCH_MODELS", "", "comma-separated zoo models (default: all)"),
+    (
+        "models",
+        "BENCH_MODELS",
+        "",
+        "comma-separated models: zoo names, bert-base/gpt2 (hf extra), FILE.py:FUNCTION or "
+        "package.module:FUNCTION (default: the profile's, else the zoo plus [tool.bench_lib] models)",
+    ),
+    ("batch-sizes", "BENCH_BATCH_SIZES", "", "comma-separated batch sizes (default: the profile's)"),
+    (
+        "dtypes",
+        "BENCH_DTYPES",
+        "float32",
+        "comma-separated precisions: float32, bfloat16, float16 (autocast; float16 on CUDA only)",
+    ),
     (
         "devices",
         "BENCH_DEVICES",
@@ -81,6 +94,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[CONFIG_KEY] = RunConfig.parse(
             profile=opt("profile"),
             models=opt("models"),
+            batch_sizes=opt("batch-sizes"),
+            dtypes=opt("dtypes"),
             devices=opt("devices"),
             modes=opt("modes"),
             threads=opt("threads"),
@@ -108,14 +123,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _param(case):  # type: ignore[no-untyped-def]
-    reason = _unavailable(case.device)
+    reason = unavailable(case)
     return pytest.param(case, id=case.id, marks=[pytest.mark.skip(reason=reason)] if reason else [])
-
-
-def _unavailable(kind: str) -> str | None:
-    from bench_lib.devices import unavailable_reason
-
-    return unavailable_reason(kind)
 
 
 @pytest.fixture(scope="session")

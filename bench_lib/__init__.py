@@ -1,14 +1,14 @@
 """bench_lib: what no_grad, inference_mode and frozen layers save, in milliseconds and bytes.
 
-The public API for notebooks and scripts; the benchmark suite itself runs through pytest
-(`benchmarks/`) or `make bench`.
+The public API for notebooks and scripts (and `ModelInstance` for your own models' factories);
+the suite runs through pytest (`benchmarks/`, `make bench`) or `python -m bench_lib run`.
 """
 
 from bench_lib.cases import Case, Profile
 from bench_lib.cli import load_results
 from bench_lib.compare import Comparison, compare
 from bench_lib.errors import UserError
-from bench_lib.models import ZOO, ModelSpec
+from bench_lib.models import ZOO, ModelInstance, ModelSpec
 from bench_lib.results import CaseResult
 from bench_lib.schema import read_report
 
@@ -17,6 +17,7 @@ __all__ = [
     "Case",
     "CaseResult",
     "Comparison",
+    "ModelInstance",
     "ModelSpec",
     "Profile",
     "UserError",

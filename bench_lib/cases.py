@@ -94,6 +94,8 @@ class Profile:
     finetune_warmup_rounds: int = 5
     iterations: int | None = None
     description: str = ""
+    models: tuple[str, ...] = ()  # the models a run measures when none are named; () = the zoo
+    energy_seconds: float = 1.0  # per case, where NVML measures GPU energy (0: no energy phase)
 
 
 PROFILES: dict[str, Profile] = {
@@ -101,7 +103,7 @@ PROFILES: dict[str, Profile] = {
     for p in (
         Profile(
             "tiny", (1, 4), rounds=5, warmup_rounds=1, processes=1, finetune_rounds=3, finetune_warmup_rounds=1,
-            iterations=1,
+            iterations=1, energy_seconds=0.2,
             description="seconds; for the end-to-end tests, figures not meaningful",
         ),
         Profile(
@@ -112,6 +114,16 @@ PROFILES: dict[str, Profile] = {
             "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5, finetune_rounds=100,
             finetune_warmup_rounds=10,
             description="adds batch 128; 5 processes x 200 rounds (steadier p99)",
+        ),
+        Profile(
+            "gpu", (1, 32), rounds=50, warmup_rounds=10, processes=1, finetune_rounds=15, finetune_warmup_rounds=3,
+            energy_seconds=0.5, models=("mlp", "cnn", "transformer"),
+            description="make gpu-check: 3 models, 1 process x 50 rounds, 0.5 s energy phases",
+        ),
+        Profile(
+            "hf", (1,), rounds=10, warmup_rounds=2, processes=1, finetune_rounds=3, finetune_warmup_rounds=1,
+            models=("bert-base", "gpt2"),
+            description="BERT-base and GPT-2 small from Hugging Face configs (the hf extra), 1 process",
         ),
     )
 }  # fmt: skip
@@ -125,13 +137,19 @@ def get_profile(name: str) -> Profile:
 
 
 def inference_cases(
-    profile: Profile, models: Sequence[str], devices: Sequence[str], modes: Sequence[str]
+    profile: Profile,
+    models: Sequence[str],
+    devices: Sequence[str],
+    modes: Sequence[str],
+    dtypes: Sequence[str] = ("float32",),
 ) -> list[Case]:
-    """Every inference case of the profile, grouped so the modes of a group are adjacent."""
+    """Every inference case of the profile, grouped so the modes of a group are adjacent (and
+    batch sizes ascending, so that one that runs out of memory stops the larger ones)."""
     return [
-        Case(INFERENCE, model, device, mode, batch_size)
+        Case(INFERENCE, model, device, mode, batch_size, dtype)
         for model in models
         for device in devices
+        for dtype in dtypes
         for batch_size in profile.batch_sizes
         for mode in modes
     ]
@@ -143,12 +161,14 @@ def finetune_cases(
     devices: Sequence[str],
     optimizers: Sequence[str],
     strategies_of: Mapping[str, Sequence[str]],
+    dtypes: Sequence[str] = ("float32",),
 ) -> list[Case]:
     """Every fine-tuning case: models without strategies (no blocks) are left out."""
     return [
-        Case(FINETUNE, model, device, "", batch_size, strategy=strategy, optimizer=optimizer)
+        Case(FINETUNE, model, device, "", batch_size, dtype, strategy=strategy, optimizer=optimizer)
         for model in models
         for device in devices
+        for dtype in dtypes
         for batch_size in profile.batch_sizes
         for optimizer in optimizers
         for strategy in strategies_of.get(model, ())

@@ -1,5 +1,5 @@
-"""`python -m bench_lib report | compare | gate`: one `UserError` boundary; exit 0, 1 (the gate
-found a regression) or 2 (bad input)."""
+"""`python -m bench_lib run | report | compare | gate`: one `UserError` boundary; exit 0, 1 (a
+case failed, or the gate found a regression) or 2 (bad input)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,71 @@ def _write(text: str, out: str | None) -> None:
         print(f"wrote {out}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+SUITES = ("inference", "finetune", "ruler")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Measure models (yours or the zoo's) without pytest: progress per case, then a summary."""
+    from bench_lib.report import render_summary
+    from bench_lib.session import BenchSession, RunConfig, unavailable
+
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown or not suites:
+        raise UserError(
+            f"unknown suite {unknown[0] if unknown else args.suites!r} (known: {', '.join(SUITES)})"
+        )
+    config = RunConfig.parse(
+        profile=args.profile,
+        models=",".join(args.model),
+        batch_sizes=args.batch_sizes,
+        devices=args.devices,
+        modes=args.modes,
+        optimizers=args.optimizers,
+        processes=args.processes,
+        threads=args.threads,
+        results_dir=args.results_dir,
+        dtypes=args.dtypes,
+    )
+    by_suite = {
+        "ruler": config.ruler_cases,
+        "inference": config.inference_cases,
+        "finetune": config.finetune_cases,
+    }
+    cases = [c for s in SUITES if s in suites for c in by_suite[s]()]
+    for where in dict.fromkeys((c.device, c.dtype) for c in cases):
+        reason = unavailable(next(c for c in cases if (c.device, c.dtype) == where))
+        if reason:
+            print(f"skipping {where[0]} {where[1]}: {reason}")
+            cases = [c for c in cases if (c.device, c.dtype) != where]
+    if not cases:
+        raise UserError("nothing to measure: no case of the chosen suites, models and devices can run here")
+    session = BenchSession(config, out=Path(args.out) if args.out else None)
+    env = session.env
+    print(
+        f"{len(cases)} cases on {env.cpu_model}, torch {env.torch_version}, {env.torch_threads} thread(s)"
+        f"{', ' + env.gpu_name if env.gpu_name else ''}; profile {config.profile.name}"
+    )
+    bad = 0
+    try:
+        for i, case in enumerate(cases, 1):
+            result = session.result(case)
+            median = f"{result.samples.stats().median:.3f} ms" if result.samples is not None else ""
+            detail = median if result.ok else result.error
+            print(f"[{i}/{len(cases)}] {case.label}: {result.status} {detail}".rstrip(), flush=True)
+            bad += not result.ok
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(session.writer.rows)} cases kept in {session.writer.path}", file=sys.stderr)
+        session.close()
+        return 130
+    path = session.close()
+    print(render_summary(session.writer.frame()))
+    print(f"report: {path}" + ("" if args.out else f" (copied to {config.results_dir / 'latest.csv'})"))
+    if bad:
+        print(f"{bad} of {len(cases)} cases did not succeed (status and error are in the report)")
+    return 1 if bad else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -104,6 +169,39 @@ def cmd_gate(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m bench_lib", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="measure models, e.g. your own: --model FILE.py:make_model (exit 1 when a case fails)",
+    )
+    run.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="zoo name (mlp, cnn, ...), bert-base/gpt2 (hf extra), FILE.py:FUNCTION or package.module:FUNCTION; "
+        "repeatable (default: the zoo)",
+    )
+    run.add_argument(
+        "--out", help="write the CSV report here (default: results/<run id>.csv and results/latest.csv)"
+    )
+    run.add_argument("--profile", default="default", help="tiny, default, full or hf (default: default)")
+    run.add_argument("--batch-sizes", help="comma-separated batch sizes (default: the profile's)")
+    run.add_argument(
+        "--devices", default="auto", help="cpu, cuda or both (default: every one this machine has)"
+    )
+    run.add_argument("--modes", default="", help="grad, no_grad, inference_mode (default: all three)")
+    run.add_argument(
+        "--dtypes",
+        default="float32",
+        help="float32, bfloat16, float16: autocast precisions (default: float32)",
+    )
+    run.add_argument("--optimizers", default="", help="sgd, adamw (default: both)")
+    run.add_argument(
+        "--suites", default="inference,finetune", help="inference, finetune, ruler (default: the first two)"
+    )
+    run.add_argument("--processes", default="", help="worker processes per group (default: the profile's)")
+    run.add_argument("--threads", default="1", help="torch threads, or 'default' (default: 1)")
+    run.add_argument("--results-dir", default="results", help="folder for the report without --out")
+    run.set_defaults(func=cmd_run)
     r = sub.add_parser("report", help="summarize one or more reports")
     r.add_argument("reports", nargs="*", help=f"CSV reports (default {DEFAULT_REPORT})")
     r.add_argument("--format", choices=["console", "md", "html"], default="console")

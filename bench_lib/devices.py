@@ -16,6 +16,7 @@ import torch
 
 from bench_lib.errors import UserError
 from bench_lib.memory import PeakCounter, StoragePeakTracker
+from bench_lib.telemetry import EnergyReading, GpuMonitor, GpuSnapshot, group_columns, measure_energy
 
 KNOWN_KINDS = ("cpu", "cuda")
 
@@ -51,6 +52,12 @@ class Device(Protocol):
 
     def release_memory(self) -> None: ...
 
+    def energy(self, fn: Callable[[], object], min_seconds: float) -> EnergyReading | None: ...
+
+    def telemetry_start(self) -> object: ...
+
+    def telemetry_columns(self, start: object) -> dict[str, Any]: ...
+
 
 class CpuDevice:
     name = "cpu"
@@ -75,6 +82,15 @@ class CpuDevice:
     def release_memory(self) -> None:
         pass
 
+    def energy(self, fn: Callable[[], object], min_seconds: float) -> EnergyReading | None:
+        return None  # no CPU energy counter is read (RAPL needs root on most machines)
+
+    def telemetry_start(self) -> object:
+        return None
+
+    def telemetry_columns(self, start: object) -> dict[str, Any]:
+        return {}
+
 
 class CudaDevice:
     """A CUDA device timed with CUDA events: one start/end pair per round, one sync per round.
@@ -92,12 +108,27 @@ class CudaDevice:
         clock: Clock = time.perf_counter,
         event_factory: Callable[[], Any] | None = None,
         cuda: Any = None,
+        monitor: GpuMonitor | None = None,
     ) -> None:
         self.index = index
         self.name = f"cuda:{index}"
         self._clock = clock
         self._cuda = cuda if cuda is not None else torch.cuda
         self._event = event_factory or (lambda: self._cuda.Event(enable_timing=True))
+        self._monitor = monitor
+        self._monitor_opened = monitor is not None
+
+    @property
+    def monitor(self) -> GpuMonitor | None:
+        """NVML telemetry of this GPU (None without NVML), opened on first use."""
+        if not self._monitor_opened:
+            self._monitor_opened = True
+            try:
+                uuid = str(self._cuda.get_device_properties(self.index).uuid)
+            except Exception:  # noqa: BLE001 - older torch: match by index
+                uuid = None
+            self._monitor = GpuMonitor.open(self.index, uuid=uuid)
+        return self._monitor
 
     def synchronize(self) -> None:
         self._cuda.synchronize(self.index)
@@ -120,6 +151,29 @@ class CudaDevice:
     def release_memory(self) -> None:
         self._cuda.empty_cache()
 
+    def energy(self, fn: Callable[[], object], min_seconds: float) -> EnergyReading | None:
+        monitor = self.monitor
+        if monitor is None or min_seconds <= 0:
+            return None
+        return measure_energy(monitor, fn, self.synchronize, min_seconds, clock=self._clock)
+
+    def telemetry_start(self) -> object:
+        return self.monitor.snapshot() if self.monitor is not None else None
+
+    def telemetry_columns(self, start: object) -> dict[str, Any]:
+        """NVML readings around a group (see `telemetry.group_columns`) and the CUDA context's
+        footprint: this process's GPU memory by NVML minus what torch's allocator reserved."""
+        monitor = self.monitor
+        if monitor is None or not isinstance(start, GpuSnapshot):
+            return {}
+        self.synchronize()
+        end = monitor.snapshot()
+        columns = group_columns(start, end)
+        if end.process_memory_bytes is not None:
+            reserved = int(self._cuda.memory_reserved(self.index))
+            columns["cuda_context_bytes"] = max(0, end.process_memory_bytes - reserved)
+        return columns
+
 
 class CudaAllocatorPeak:
     """Peak bytes allocated by the caching allocator during the block, beyond what was live before.
@@ -131,6 +185,7 @@ class CudaAllocatorPeak:
         self._index = index
         self._cuda = cuda
         self.peak_bytes = 0
+        self.extra: dict[str, int] = {}
 
     @contextmanager
     def track(self) -> Iterator[PeakCounter]:
@@ -142,7 +197,13 @@ class CudaAllocatorPeak:
             yield self
         finally:
             cuda.synchronize(self._index)
-            self.peak_bytes = cuda.max_memory_allocated(self._index) - before
+            peak = cuda.max_memory_allocated(self._index)
+            self.peak_bytes = peak - before
+            self.extra = {
+                "cuda_max_allocated_bytes": int(peak),
+                "cuda_max_reserved_bytes": int(cuda.max_memory_reserved(self._index)),
+                "cuda_live_before_bytes": int(before),
+            }
 
 
 def available_kinds() -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import tomllib
 from scipy.stats import mannwhitneyu
 
 from bench_lib.cases import KEY_FIELDS, Case

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -12,25 +13,53 @@ from bench_lib.devices import Device
 from bench_lib.memory import RssPeak, SavedTensorCounter
 from bench_lib.models import ModelSpec
 from bench_lib.modes import REFERENCE_MODE, mode_context, outputs_mismatch, semantics_violation
+from bench_lib.precision import FLOAT32, autocast, within
 from bench_lib.results import FAILED, CaseResult, failure
+from bench_lib.telemetry import energy_columns
 from bench_lib.timing import Variant, measure_interleaved
 
 SEED = 0
+# rtol, atol of the check that a mode's output equals grad mode's, for reduced precisions (the
+# same autocast computation, but kernels may differ between modes)
+TOLERANCE = {"bfloat16": (2e-2, 2e-2), "float16": (1e-2, 1e-2)}
 
 
-def _probe(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], mode: str, device: Device):
-    """One untimed forward under `mode` that counts memory: returns (output, metrics)."""
+def _probe(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], context, device: Device):  # type: ignore[no-untyped-def]
+    """One untimed forward in `context` that counts memory: returns (output, metrics)."""
     params = list(model.parameters())
     peak, saved, rss = device.peak_counter(), SavedTensorCounter(params), RssPeak()
-    with mode_context(mode)(), rss.track(), peak.track(), saved.track():
+    with context(), rss.track(), peak.track(), saved.track():
         output = model(*inputs)
     device.synchronize()
     metrics = {
         "mem_peak_bytes": peak.peak_bytes,
         "mem_saved_for_backward_bytes": saved.saved_bytes,
         "rss_peak_delta_bytes": rss.delta_bytes,
+        **getattr(peak, "extra", {}),  # CUDA: allocator peak, reserved peak, live bytes before
     }
     return output, metrics
+
+
+def input_transfer(device: Device, inputs: tuple[torch.Tensor, ...], rounds: int = 20) -> dict[str, Any]:
+    """`input_bytes`, and on CUDA the median time to copy the inputs to the device from
+    pageable and from pinned host memory (CUDA events, interleaved rounds)."""
+    columns: dict[str, Any] = {"input_bytes": sum(t.numel() * t.element_size() for t in inputs)}
+    if device.kind != "cuda":
+        return columns
+    pinned = [t.pin_memory() for t in inputs]
+    timed = measure_interleaved(
+        [
+            Variant("pageable", lambda: [t.to(device.name) for t in inputs]),
+            Variant("pinned", lambda: [t.to(device.name, non_blocking=True) for t in pinned]),
+        ],
+        device,
+        rounds=rounds,
+        warmup_rounds=2,
+        iterations=1,
+    )
+    for name, samples in timed.samples.items():
+        columns[f"h2d_{name}_ms"] = samples.stats().median
+    return columns
 
 
 def measure_inference_group(
@@ -39,8 +68,10 @@ def measure_inference_group(
     batch_size: int,
     profile: Profile,
     modes: Sequence[str],
+    dtype: str = FLOAT32,
 ) -> dict[str, CaseResult]:
-    """Measure `spec` at `batch_size` on `device` under each of `modes`, interleaved.
+    """Measure `spec` at `batch_size` on `device` under each of `modes`, interleaved (all under
+    autocast to `dtype` unless it is float32).
 
     For each mode: one warm-up call, then one probe forward that counts peak tensor bytes, bytes
     saved for backward and the RSS high-water change, and checks the mode's semantics and that its
@@ -50,11 +81,14 @@ def measure_inference_group(
     adds them with `results.with_ratios`, after pooling processes).
     """
     measured = list(dict.fromkeys([REFERENCE_MODE, *modes]))
-    cases = {m: Case(INFERENCE, spec.name, device.kind, m, batch_size) for m in measured}
+    cases = {m: Case(INFERENCE, spec.name, device.kind, m, batch_size, dtype) for m in measured}
+    context = {m: within(mode_context(m), autocast(device.kind, dtype)) for m in measured}
     try:
         torch.manual_seed(SEED)
-        model = spec.build().eval().to(device.name)
-        inputs = tuple(t.to(device.name) for t in spec.make_inputs(batch_size))
+        instance = spec.instantiate(batch_size)
+        model = instance.model.eval().to(device.name)
+        transfer = input_transfer(device, instance.input_tuple())
+        inputs = tuple(t.to(device.name) for t in instance.input_tuple())
         has_trainable = any(p.requires_grad for p in model.parameters())
     except Exception as exc:  # noqa: BLE001 - a broken model fails its cases, the run goes on
         device.release_memory()
@@ -65,9 +99,9 @@ def measure_inference_group(
     reference_output = None
     for mode in measured:
         try:
-            with mode_context(mode)():
+            with context[mode]():
                 model(*inputs)  # warm-up: one-time allocations stay out of the memory figures
-            output, metrics[mode] = _probe(model, inputs, mode, device)
+            output, metrics[mode] = _probe(model, inputs, context[mode], device)
         except Exception as exc:  # noqa: BLE001
             device.release_memory()
             results[mode] = failure(cases[mode], exc)
@@ -78,16 +112,16 @@ def measure_inference_group(
         if problem is None and mode == REFERENCE_MODE:
             reference_output = output
         elif problem is None and reference_output is not None:
-            problem = outputs_mismatch(reference_output, output)
+            problem = outputs_mismatch(reference_output, output, *TOLERANCE.get(dtype, (1e-4, 1e-5)))
         if problem is not None:
             results[mode] = CaseResult(cases[mode], FAILED, problem, metrics=metrics[mode])
         del output
 
     reference_output = None
-    iterations = profile.iterations or spec.iterations(batch_size)
+    iterations = profile.iterations or instance.iterations
     forward = partial(model, *inputs)
     timed = measure_interleaved(
-        [Variant(m, forward, mode_context(m)) for m in measured if m not in results],
+        [Variant(m, forward, context[m]) for m in measured if m not in results],
         device,
         rounds=profile.rounds,
         warmup_rounds=profile.warmup_rounds,
@@ -95,11 +129,14 @@ def measure_inference_group(
     )
     for mode, exc in timed.errors.items():
         results[mode] = failure(cases[mode], exc, **metrics[mode])
+    items = instance.items_per_batch or batch_size
     for mode, samples in timed.samples.items():
+        with context[mode]():  # GPU energy per item, in a phase of its own after the timing
+            energy = energy_columns(device.energy(forward, profile.energy_seconds), items)
         results[mode] = CaseResult(
             cases[mode],
             samples=samples,
-            items_per_batch=spec.items_per_batch(batch_size),
-            metrics=metrics[mode],
+            items_per_batch=items,
+            metrics=metrics[mode] | transfer | energy,
         )
     return {m: results[m] for m in measured}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bench_lib.errors import UserError
-from bench_lib.models import ModelSpec
+from bench_lib.models import ModelInstance, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -72,5 +72,10 @@ def injected_spec(spec: ModelSpec, injection: Injection | None) -> ModelSpec:
     """`spec` whose models carry `injection` when it names this model."""
     if injection is None or injection.model != spec.name:
         return spec
-    build = spec.build
-    return replace(spec, build=lambda: inject(build(), injection))
+
+    def factory(batch_size: int) -> ModelInstance:
+        instance = spec.instantiate(batch_size)
+        inject(instance.model, injection)
+        return instance
+
+    return replace(spec, factory=factory)

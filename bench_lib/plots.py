@@ -39,15 +39,16 @@ def inference_memory(frame: pd.DataFrame) -> dict[str, bytes]:
 def _per_model_device(frame: pd.DataFrame, column: str, label: str, scale: float) -> dict[str, bytes]:
     ok = _ok(frame, "inference")
     out = {}
-    for (model, device), group in ok.groupby(["model", "device"], sort=False):
+    for (model, device, dtype), group in ok.groupby(["model", "device", "dtype"], sort=False):
         table = group.pivot_table(index="batch_size", columns="mode", values=column, aggfunc="first")
         table = table[[m for m in MODES if m in table.columns]].astype(float) * scale
         fig, ax = plt.subplots(figsize=(5, 3))
         table.plot.bar(ax=ax, rot=0)
-        ax.set_title(f"{model} on {device}")
+        precision = "" if dtype == "float32" else f", {dtype} autocast"
+        ax.set_title(f"{model} on {device}{precision}")
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
-        out[f"{model} {device}"] = _png(fig)
+        out[f"{model} {device} {dtype}"] = _png(fig)
     return out
 
 
@@ -61,12 +62,13 @@ def finetune_memory(frame: pd.DataFrame) -> dict[str, bytes]:
         "mem_activations_bytes": "activations",
     }
     out = {}
-    for key, group in ok.groupby(["model", "device", "batch_size", "optimizer"], sort=False):
+    for key, group in ok.groupby(["model", "device", "dtype", "batch_size", "optimizer"], sort=False):
         table = group.set_index("strategy")[list(categories)].astype(float).rename(columns=categories) / MIB
         fig, ax = plt.subplots(figsize=(5, 3))
         table.plot.bar(ax=ax, stacked=True, rot=0)
-        model, device, batch, optimizer = key
-        ax.set_title(f"{model} on {device}, batch {batch}, {optimizer}")
+        model, device, dtype, batch, optimizer = key
+        precision = "" if dtype == "float32" else f" {dtype}"
+        ax.set_title(f"{model} on {device}{precision}, batch {batch}, {optimizer}")
         ax.set_ylabel("MiB")
-        out[f"{model} {device} b{batch} {optimizer}"] = _png(fig)
+        out[f"{model} {device} {dtype} b{batch} {optimizer}"] = _png(fig)
     return out

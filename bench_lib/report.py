@@ -11,6 +11,7 @@ import pandas as pd
 from bench_lib.cases import Case
 from bench_lib.modes import MODES, REFERENCE_MODE
 from bench_lib.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
+from bench_lib.telemetry import SLOWDOWNS
 
 
 def format_bytes(n: float | None) -> str:
@@ -38,10 +39,15 @@ def inference_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     values = ["latency_ms_median", "latency_ratio_to_grad", "mem_peak_bytes", "mem_saved_for_backward_bytes"]
     table = ok.pivot_table(
-        index=["model", "device", "batch_size"], columns="mode", values=values, aggfunc="first", dropna=False
+        index=["model", "device", "dtype", "batch_size"],
+        columns="mode",
+        values=values,
+        aggfunc="first",
+        dropna=False,
     )
     modes = [m for m in MODES if m in ok["mode"].unique()]
-    return table.reindex(columns=pd.MultiIndex.from_product([values, modes]))
+    table = table.reindex(columns=pd.MultiIndex.from_product([values, modes]))
+    return table.dropna(how="all")  # dropna=False above also made index combinations never measured
 
 
 def inference_view(frame: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +67,7 @@ def inference_view(frame: pd.DataFrame) -> pd.DataFrame:
         out[f"{label} peak"] = table[("mem_peak_bytes", mode)].map(format_bytes)
     if REFERENCE_MODE in modes:
         out["grad saved"] = table[("mem_saved_for_backward_bytes", REFERENCE_MODE)].map(format_bytes)
-    out.index = out.index.set_names(["model", "device", "batch"])
+    out.index = out.index.set_names(["model", "device", "dtype", "batch"])
     return out
 
 
@@ -84,7 +90,7 @@ def finetune_table(frame: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame()
     ok["mem_total_bytes"] = ok[FINETUNE_MEMORY].sum(axis=1)
-    key = ["model", "device", "batch_size", "optimizer"]
+    key = ["model", "device", "dtype", "batch_size", "optimizer"]
     full = ok[ok["strategy"] == "full"].set_index(key)["mem_total_bytes"].rename("full_total")
     ok = ok.join(full, on=key)
     ok["mem_saving_bytes"] = ok["full_total"] - ok["mem_total_bytes"]
@@ -112,7 +118,7 @@ def finetune_view(frame: pd.DataFrame) -> pd.DataFrame:
               "mem_saving_bytes": "saved vs full"}  # fmt: skip
     for col, label in labels.items():
         out[label] = table[col].map(format_bytes)
-    out.index = out.index.set_names(["model", "device", "batch", "optimizer", "strategy"])
+    out.index = out.index.set_names(["model", "device", "dtype", "batch", "optimizer", "strategy"])
     return out
 
 
@@ -137,15 +143,57 @@ def ruler_view(frame: pd.DataFrame) -> pd.DataFrame:
     return table.map(format_ms)
 
 
+def gpu_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """CUDA cases: device time (CUDA events) beside host time and their gap, input copies,
+    energy, allocator figures, and the GPU's state around the case."""
+    ok = frame[(frame["device"] == "cuda") & (frame["status"] == "ok") & (frame["suite"] != "ruler")]
+    if ok.empty:
+        return pd.DataFrame()
+    out = pd.DataFrame(index=[Case.from_row(row).label for _, row in ok.iterrows()])
+    out["device ms"] = ok["latency_ms_median"].map(format_ms).to_numpy()
+    out["host ms"] = ok["host_latency_ms_median"].map(format_ms).to_numpy()
+    out["gap ms"] = (ok["host_latency_ms_median"] - ok["latency_ms_median"]).map(format_ms).to_numpy()
+    out["h2d pageable"] = ok["h2d_pageable_ms"].map(format_ms).to_numpy()
+    out["h2d pinned"] = ok["h2d_pinned_ms"].map(format_ms).to_numpy()
+    out["J/item"] = ok["energy_j_per_item"].map(_energy).to_numpy()
+    out["W"] = ok["gpu_power_w"].map(lambda w: "-" if pd.isna(w) else f"{w:.0f}").to_numpy()
+    out["max alloc"] = ok["cuda_max_allocated_bytes"].map(format_bytes).to_numpy()
+    out["max reserved"] = ok["cuda_max_reserved_bytes"].map(format_bytes).to_numpy()
+    clocks = ok["gpu_sm_clock_mhz_start"].astype("string").fillna("-") + "->"
+    out["SM MHz"] = (clocks + ok["gpu_sm_clock_mhz_end"].astype("string").fillna("-")).to_numpy()
+    out["throttle"] = ok["gpu_throttle_end"].fillna("-").to_numpy()
+    out.index.name = "case"
+    return out
+
+
+def _energy(j: float | None) -> str:
+    return "-" if j is None or pd.isna(j) else f"{j * 1e3:.3f} mJ" if j < 1 else f"{j:.2f} J"
+
+
+def _gpu_flags(row: pd.Series) -> list[tuple[str, str]]:
+    """Why a CUDA case's figures may be disturbed: other processes, clocks slowed down."""
+    flags = []
+    others = row.get("gpu_other_processes")
+    if others is not None and not pd.isna(others) and others > 0:
+        flags.append(("disturbed", f"{others} other process(es) on the GPU"))
+    for when in ("start", "end"):
+        reasons = row.get(f"gpu_throttle_{when}")
+        if isinstance(reasons, str) and set(reasons.split("|")) & SLOWDOWNS:
+            flags.append(("throttled", f"clock-event reasons at {when}: {reasons}"))
+    return flags
+
+
 def noise_view(frame: pd.DataFrame) -> pd.DataFrame:
     """Cases that failed, and successful ones whose figures are not trustworthy: IQR above 10%
-    of the median, or too few rounds for the p99 they report."""
+    of the median, too few rounds for the p99 they report, another process on the GPU, or
+    GPU clocks slowed by power or temperature."""
     rows = []
     for _, row in frame.iterrows():
         label = Case.from_row(row).label
         if row["status"] != "ok":
             rows.append((label, row["status"], row["error"]))
             continue
+        rows += [(label, flag, why) for flag, why in _gpu_flags(row)]
         if pd.isna(row["latency_ms_median"]):
             continue
         spread = row["latency_ms_iqr"] / row["latency_ms_median"] if row["latency_ms_median"] else 0
@@ -169,6 +217,13 @@ SECTIONS = (
         finetune_view,
         "Median time of one training step (ms), ratio to full (x, interleaved), memory by category; "
         "total = params + grads + opt state + activations; saving against full.",
+    ),
+    (
+        "GPU",
+        gpu_view,
+        "CUDA cases: median device time (CUDA events) and host time per call and their gap (launch and "
+        "dispatch overhead), input copy to the GPU from pageable and pinned memory, energy per item and "
+        "mean power (NVML), allocator peaks, SM clock before->after and clock-event reasons after.",
     ),
     (
         "Calibration ruler",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.context
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 from bench_lib.cases import Case
-from bench_lib.results import FAILED, CaseResult, describe_error
+from bench_lib.results import FAILED, OOM, CaseResult, describe_error
 from bench_lib.timing import Samples
 from bench_lib.worker import run_request
 
@@ -85,6 +86,8 @@ def _run_worker(
         data = receiver.recv()
     except EOFError:  # the worker died without answering: its exit code says how
         process.join()
+        if process.exitcode == -signal.SIGKILL:  # what the kernel's out-of-memory killer sends
+            return _all_failed(cases, "worker process killed (SIGKILL), most likely out of memory", OOM)
         return _all_failed(cases, f"worker process died with exit code {process.exitcode}")
     finally:
         receiver.close()
@@ -94,8 +97,8 @@ def _run_worker(
     return {name: CaseResult.from_dict(d) for name, d in data.items()}
 
 
-def _all_failed(cases: Mapping[str, Case], error: str) -> dict[str, CaseResult]:
-    return {name: CaseResult(case, FAILED, error) for name, case in cases.items()}
+def _all_failed(cases: Mapping[str, Case], error: str, status: str = FAILED) -> dict[str, CaseResult]:
+    return {name: CaseResult(case, status, error) for name, case in cases.items()}
 
 
 def pool(parts: Sequence[Mapping[str, CaseResult]]) -> dict[str, CaseResult]:

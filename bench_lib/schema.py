@@ -3,6 +3,8 @@
 Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when it changes):
   1: first version.
   2: adds `inject` (the deliberate regression of a gate audit run; empty otherwise).
+  3: adds the GPU-aware columns (CUDA allocator figures, NVML telemetry and energy, input
+     transfer) and `input_bytes`; `dtype` now takes bfloat16 / float16 (autocast).
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
 per-round latency samples of every case (long format), so statistics can be recomputed and the
@@ -24,7 +26,7 @@ from bench_lib.cases import KEY_FIELDS
 from bench_lib.errors import UserError
 from bench_lib.results import STATUSES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ COLUMNS: tuple[Column, ...] = (
         "grad mode of an inference case: `grad`, `no_grad` or `inference_mode`; empty for finetune",
     ),
     _C("batch_size", "int", "items", "inputs per forward call"),
-    _C("dtype", "str", "", "parameter and input dtype (`float32`)"),
+    _C("dtype", "str", "", "precision: `float32`, or `bfloat16` / `float16` autocast (parameters stay fp32; float16 training uses a GradScaler)"),
     _C(
         "strategy",
         "str",
@@ -122,6 +124,26 @@ COLUMNS: tuple[Column, ...] = (
         "bytes",
         "rise of the process's RSS high-water mark during one forward (informational, noisy; empty where not measurable)",
     ),
+    _C("input_bytes", "int", "bytes", "inference: bytes of the forward's input tensors (one batch)"),
+    _C("h2d_pageable_ms", "float", "ms", "CUDA inference: median time to copy the inputs to the GPU from pageable host memory (CUDA events)"),
+    _C("h2d_pinned_ms", "float", "ms", "CUDA inference: the same from pinned host memory (non_blocking copy)"),
+    _C("cuda_max_allocated_bytes", "int", "bytes", "CUDA: torch.cuda.max_memory_allocated() after a reset before the measured forward or step (includes cuda_live_before_bytes)"),
+    _C("cuda_max_reserved_bytes", "int", "bytes", "CUDA: torch.cuda.max_memory_reserved() over the same span (the caching allocator's segments)"),
+    _C("cuda_live_before_bytes", "int", "bytes", "CUDA: memory_allocated() just before it (model, inputs, optimizer state); mem_peak_bytes = max allocated - this"),
+    _C("cuda_context_bytes", "int", "bytes", "CUDA: this worker process's GPU memory (NVML) minus what torch reserved: the CUDA context and libraries"),
+    _C("gpu_process_memory_bytes", "int", "bytes", "CUDA: this worker process's GPU memory by NVML at the end of the group"),
+    _C("gpu_util_percent", "int", "%", "CUDA: NVML GPU utilization at the end of the group's measurement (sampled over the driver's last period)"),
+    _C("gpu_sm_clock_mhz_start", "int", "MHz", "CUDA: SM clock before the group"),
+    _C("gpu_sm_clock_mhz_end", "int", "MHz", "CUDA: SM clock after the group"),
+    _C("gpu_mem_clock_mhz", "int", "MHz", "CUDA: memory clock after the group"),
+    _C("gpu_temperature_c_start", "int", "°C", "CUDA: GPU temperature before the group"),
+    _C("gpu_temperature_c_end", "int", "°C", "CUDA: GPU temperature after the group"),
+    _C("gpu_throttle_start", "str", "", "CUDA: clock-event (throttle) reasons before the group, `|`-joined (`none`, `gpu_idle`, `sw_power_cap`, `hw_slowdown`, `sw_thermal`, `hw_thermal`, `hw_power_brake`, ...)"),
+    _C("gpu_throttle_end", "str", "", "CUDA: clock-event reasons after the group"),
+    _C("gpu_other_processes", "int", "processes", "CUDA: other compute processes on the GPU before or after the group; > 0 marks the case as possibly disturbed"),
+    _C("gpu_power_w", "float", "W", "CUDA: mean board power during the case's energy phase (energy / time)"),
+    _C("energy_j_per_item", "float", "J", "CUDA: GPU energy per item (per sample of a batch) over an energy phase of >= 1 s run after the timing"),
+    _C("energy_method", "str", "", "`counter` (nvmlDeviceGetTotalEnergyConsumption) or `power_samples` (power readings integrated every 10 ms, coarser); empty where NVML offers neither"),
     _C(
         "machine_id",
         "str",
@@ -157,7 +179,12 @@ def _v1_to_v2(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(inject=pd.NA, schema_version="2")
 
 
-_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2}
+def _v2_to_v3(frame: pd.DataFrame) -> pd.DataFrame:
+    added = [c.name for c in COLUMNS[COLUMN_NAMES.index("input_bytes") : COLUMN_NAMES.index("machine_id")]]
+    return frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="3")
+
+
+_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tomllib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,14 +27,17 @@ from bench_lib.cases import (
     parse_list,
     ruler_cases,
 )
-from bench_lib.devices import parse_device_kinds
+from bench_lib.devices import parse_device_kinds, unavailable_reason
 from bench_lib.environment import Environment, collect_environment, torch_threads
 from bench_lib.errors import UserError
 from bench_lib.finetune import FULL, OPTIMIZERS, strategy_names
 from bench_lib.inject import parse_injection
-from bench_lib.models import ZOO, get_model
+from bench_lib.models import OPTIONAL, ZOO, get_model
+from bench_lib.models.hf import transformers_module
 from bench_lib.modes import MODES, REFERENCE_MODE
-from bench_lib.results import CaseResult, with_ratios
+from bench_lib.plugins import absolute_reference, check_user_model, is_reference
+from bench_lib.precision import parse_dtypes, unsupported_reason
+from bench_lib.results import OOM, CaseResult, with_ratios
 from bench_lib.ruler import RULERS
 from bench_lib.runner import START_METHODS, run_group
 from bench_lib.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
@@ -54,12 +59,14 @@ class RunConfig:
     optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
     start_method: str = "forkserver"
     inject: str = ""
+    dtypes: tuple[str, ...] = ("float32",)
 
     @classmethod
     def parse(
         cls,
         profile: str = "default",
         models: str | None = None,
+        batch_sizes: str | None = None,
         devices: str | None = None,
         modes: str | None = None,
         threads: str | None = None,
@@ -69,6 +76,7 @@ class RunConfig:
         optimizers: str | None = None,
         start_method: str | None = None,
         inject: str | None = None,
+        dtypes: str | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
         if malloc not in ("pinned", "default"):
@@ -79,9 +87,12 @@ class RunConfig:
         chosen = get_profile(profile)
         if processes is not None and processes.strip():
             chosen = replace(chosen, processes=_parse_count(processes, "processes", minimum=0))
+        if batch_sizes is not None and batch_sizes.strip():
+            sizes = [_parse_count(b.strip(), "batch sizes") for b in batch_sizes.split(",") if b.strip()]
+            chosen = replace(chosen, batch_sizes=tuple(dict.fromkeys(sizes)))
         return cls(
             profile=chosen,
-            models=tuple(parse_list(models, list(ZOO), "model")),
+            models=parse_models(models, chosen.models or default_models()),
             devices=tuple(parse_device_kinds(devices)),
             modes=tuple(parse_list(modes, list(MODES), "mode")),
             threads=None
@@ -91,15 +102,34 @@ class RunConfig:
             pin_malloc=malloc == "pinned",
             optimizers=tuple(parse_list(optimizers, list(OPTIMIZERS), "optimizer")),
             start_method=start_method,
-            inject=_checked_injection(inject, models),
-        )
+            inject=inject or "",
+            dtypes=tuple(parse_dtypes(dtypes)),
+        ).checked()
+
+    def checked(self) -> RunConfig:
+        """`self`, after checking what needs the models resolved (an injection's model)."""
+        injection = parse_injection(self.inject)
+        if injection is not None and injection.model not in (*ZOO, *self.model_names):
+            raise UserError(f"inject: model {injection.model!r} is not in this run")
+        return self
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The `model` column of each of `models` (a user reference's display name)."""
+        return tuple(get_model(m).name for m in self.models)
+
+    def model_reference(self, name: str) -> str:
+        """What a worker loads for the model called `name` (the ruler is not a model: itself)."""
+        return dict(zip(self.model_names, self.models, strict=True)).get(name, name)
 
     def inference_cases(self) -> list[Case]:
-        return inference_cases(self.profile, self.models, self.devices, self.modes)
+        return inference_cases(self.profile, self.model_names, self.devices, self.modes, self.dtypes)
 
     def finetune_cases(self) -> list[Case]:
-        strategies_of = {m: strategy_names(get_model(m)) for m in self.models}
-        return finetune_cases(self.profile, self.models, self.devices, self.optimizers, strategies_of)
+        strategies_of = {get_model(m).name: strategy_names(get_model(m)) for m in self.models}
+        return finetune_cases(
+            self.profile, self.model_names, self.devices, self.optimizers, strategies_of, self.dtypes
+        )
 
     def ruler_cases(self) -> list[Case]:
         return ruler_cases(self.devices, RULERS)
@@ -108,12 +138,46 @@ class RunConfig:
         return self.ruler_cases() + self.inference_cases() + self.finetune_cases()
 
 
-def _checked_injection(text: str | None, models: str | None) -> str:
-    injection = parse_injection(text)
-    if injection is None:
-        return ""
-    get_model(injection.model)  # an unknown model is a UserError now, not in a worker
-    return text or ""
+def unavailable(case: Case) -> str | None:
+    """Why `case` cannot run on this machine (no such device, or its dtype unsupported), or None."""
+    return unavailable_reason(case.device) or unsupported_reason(case.device, case.dtype)
+
+
+def default_models(pyproject: Path = Path("pyproject.toml")) -> tuple[str, ...]:
+    """The zoo, plus the user models listed in `[tool.bench_lib] models` of `pyproject`
+    (file paths relative to it)."""
+    table: dict = {}
+    if pyproject.is_file():
+        try:
+            table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("bench_lib", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{pyproject}: not valid TOML ({exc})") from None
+    extra = table.get("models", [])
+    if not isinstance(extra, list) or not all(isinstance(m, str) for m in extra):
+        raise UserError(f"{pyproject}: [tool.bench_lib] models must be a list of strings")
+    return (*ZOO, *(absolute_reference(m, pyproject.resolve().parent) for m in extra))
+
+
+def parse_models(text: str | None, default: Sequence[str]) -> tuple[str, ...]:
+    """Zoo names, optional (Hugging Face) names and user references, comma-separated; empty
+    means `default`. User references are checked now (their factory is called at batch size 1),
+    so that a mistake is one line before anything is measured."""
+    refs = list(default)
+    if text and text.strip():
+        refs = [
+            absolute_reference(p.strip()) if is_reference(p.strip()) else p.strip() for p in text.split(",")
+        ]
+        refs = [r for r in refs if r]
+    refs = list(dict.fromkeys(refs))
+    names: dict[str, str] = {}
+    for ref in refs:
+        spec = check_user_model(ref) if is_reference(ref) else get_model(ref)
+        if ref in OPTIONAL:
+            transformers_module()  # the optional models are the Hugging Face ones
+        if spec.name in names:
+            raise UserError(f"models {names[spec.name]!r} and {ref!r} have the same name {spec.name!r}")
+        names[spec.name] = ref
+    return tuple(refs)
 
 
 def _parse_count(text: str, what: str, minimum: int = 1) -> int:
@@ -136,6 +200,7 @@ class ReportWriter:
     env: Environment
     profile: str
     inject: str = ""
+    out: Path | None = None  # write here instead of results_dir/<run id>.csv (and no latest.csv)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
@@ -146,7 +211,7 @@ class ReportWriter:
 
     @property
     def path(self) -> Path:
-        return self.results_dir / f"{self.run_id}.csv"
+        return self.out if self.out is not None else self.results_dir / f"{self.run_id}.csv"
 
     def add(self, result: CaseResult) -> None:
         """Add one case and rewrite the report and its samples; on a failed write nothing changes."""
@@ -177,6 +242,8 @@ class ReportWriter:
         """Copy the report to `latest.csv`; None when no case was recorded."""
         if not self.rows or not self.path.exists():
             return None
+        if self.out is not None:
+            return self.path
         latest = self.results_dir / "latest.csv"
         for src, dst in ((self.path, latest), (samples_path(self.path), samples_path(latest))):
             tmp = dst.with_name(f".{dst.name}.tmp")
@@ -189,21 +256,23 @@ class BenchSession:
     """Measures cases on demand, a whole interleaving group at a time in worker processes, and
     records each case in the report as it is asked for."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, out: Path | None = None) -> None:
         self.config = config
         malloc = pin_glibc_malloc() if config.pin_malloc else "default (not pinned)"
         with torch_threads(config.threads):  # so the fingerprint records the workers' setting
             self.env = collect_environment(cpu_malloc=malloc)
-        self.writer = ReportWriter(config.results_dir, self.env, config.profile.name, config.inject)
+        self.writer = ReportWriter(config.results_dir, self.env, config.profile.name, config.inject, out=out)
         self._groups: dict[Case, dict[str, CaseResult]] = {}
+        self._oom_batch: dict[tuple[str, str, str, str], int] = {}  # smallest batch that ran out
         self._cases = config.cases()
 
     def _request(self, case: Case, variants: list[str]) -> dict:
         return {
             "suite": case.suite,
-            "model": case.model,
+            "model": self.config.model_reference(case.model),
             "device": case.device,
             "batch_size": case.batch_size,
+            "dtype": case.dtype,
             "variants": variants,
             "profile": asdict(self.config.profile),
             "threads": self.config.threads,
@@ -223,10 +292,21 @@ class BenchSession:
             # the suites add the reference variants (grad, full) that the ratios need
             variants = self._variants(group) or [case.variant]
             cases = {v: _case_of(case, v) for v in variants}
-            pooled = run_group(
-                self._request(case, variants), cases, self.config.profile.processes, self.config.start_method
-            )
-            self._groups[group] = _add_ratios(case.suite, pooled)
+            where = (group.suite, group.model, group.device, group.dtype)
+            limit = self._oom_batch.get(where)
+            if limit is not None and group.batch_size >= limit:  # known to exceed the device
+                why = f"not run: batch size {limit} already ran out of memory on {group.device}"
+                self._groups[group] = {v: CaseResult(c, OOM, why) for v, c in cases.items()}
+            else:
+                pooled = run_group(
+                    self._request(case, variants),
+                    cases,
+                    self.config.profile.processes,
+                    self.config.start_method,
+                )
+                if any(r.status == OOM for r in pooled.values()):
+                    self._oom_batch[where] = min(group.batch_size, limit or group.batch_size)
+                self._groups[group] = _add_ratios(case.suite, pooled)
         result = self._groups[group][case.variant]
         self.writer.add(result)
         return result

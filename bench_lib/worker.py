@@ -10,11 +10,12 @@ one worker fails its group's cases, not the run.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from bench_lib.allocator import pin_glibc_malloc
 from bench_lib.cases import FINETUNE, INFERENCE, RULER, Profile
-from bench_lib.devices import make_device
+from bench_lib.devices import Device, make_device
 from bench_lib.environment import torch_threads
 from bench_lib.inject import injected_spec, parse_injection
 from bench_lib.models import ModelSpec, get_model
@@ -24,44 +25,49 @@ Request = Mapping[str, Any]
 
 
 def _profile(request: Request) -> Profile:
-    return Profile(**{**request["profile"], "batch_sizes": tuple(request["profile"]["batch_sizes"])})
+    profile = request["profile"]
+    return Profile(
+        **{**profile, "batch_sizes": tuple(profile["batch_sizes"]), "models": tuple(profile["models"])}
+    )
 
 
 def _spec(request: Request) -> ModelSpec:
     return injected_spec(get_model(request["model"]), parse_injection(request.get("inject")))
 
 
-def _inference(request: Request) -> dict[str, CaseResult]:
+def _inference(request: Request, device: Device) -> dict[str, CaseResult]:
     from bench_lib.inference import measure_inference_group
 
     return measure_inference_group(
         _spec(request),
-        make_device(request["device"]),
+        device,
         request["batch_size"],
         _profile(request),
         request["variants"],
+        dtype=request.get("dtype", "float32"),
     )
 
 
-def _finetune(request: Request) -> dict[str, CaseResult]:
+def _finetune(request: Request, device: Device) -> dict[str, CaseResult]:
     from bench_lib.finetune import measure_finetune_group
 
     return measure_finetune_group(
         _spec(request),
-        make_device(request["device"]),
+        device,
         request["batch_size"],
         _profile(request),
         request["variants"],
+        dtype=request.get("dtype", "float32"),
     )
 
 
-def _ruler(request: Request) -> dict[str, CaseResult]:
+def _ruler(request: Request, device: Device) -> dict[str, CaseResult]:
     from bench_lib.ruler import measure_ruler_group
 
-    return measure_ruler_group(make_device(request["device"]), _profile(request), request["variants"])
+    return measure_ruler_group(device, _profile(request), request["variants"])
 
 
-SUITES: dict[str, Callable[[Request], dict[str, CaseResult]]] = {
+SUITES: dict[str, Callable[[Request, Device], dict[str, CaseResult]]] = {
     INFERENCE: _inference,
     FINETUNE: _finetune,
     RULER: _ruler,
@@ -73,4 +79,8 @@ def run_request(request: Request) -> dict[str, CaseResult]:
     if request.get("pin_malloc"):
         pin_glibc_malloc()
     with torch_threads(request.get("threads")):
-        return SUITES[request["suite"]](request)
+        device = make_device(request["device"])
+        start = device.telemetry_start()
+        results = SUITES[request["suite"]](request, device)
+        columns = device.telemetry_columns(start)  # GPU telemetry around the group, if any
+    return {k: replace(r, metrics={**r.metrics, **columns}) for k, r in results.items()}

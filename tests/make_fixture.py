@@ -52,6 +52,19 @@ RULER = [
     for name, ms in (("matmul", 5.0), ("copy", 2.0), ("tiny_ops", 0.4))
 ]  # fmt: skip
 
+# A CUDA case as a GPU machine writes it (made-up figures, for the renderer only).
+CUDA = RUN | {"suite": "inference", "model": "mlp", "device": "cuda", "mode": "no_grad", "batch_size": 32,
+              "dtype": "bfloat16", "status": "ok"} | latency(0.05) | ENV | {
+    "host_latency_ms_median": 0.08, "latency_ratio_to_grad": 0.9, "mem_peak_bytes": 99328,
+    "mem_saved_for_backward_bytes": 0, "input_bytes": 32768, "h2d_pageable_ms": 0.012, "h2d_pinned_ms": 0.006,
+    "cuda_max_allocated_bytes": 3000000, "cuda_max_reserved_bytes": 4194304, "cuda_live_before_bytes": 2900672,
+    "cuda_context_bytes": 520093696, "gpu_process_memory_bytes": 526385152, "gpu_util_percent": 35,
+    "gpu_sm_clock_mhz_start": 1980, "gpu_sm_clock_mhz_end": 1755, "gpu_mem_clock_mhz": 2619,
+    "gpu_temperature_c_start": 38, "gpu_temperature_c_end": 52, "gpu_throttle_start": "gpu_idle",
+    "gpu_throttle_end": "sw_power_cap", "gpu_other_processes": 1, "gpu_power_w": 310.5,
+    "energy_j_per_item": 0.00042, "energy_method": "counter",
+}  # fmt: skip
+
 ROWS = [
     inference("mlp", "grad", 0.5, 262144, 229376, 1.0),
     inference("mlp", "no_grad", 0.49, 196608, 0, 0.98),
@@ -72,6 +85,7 @@ ROWS = [
     finetune("full", 2.9, 1.0, 2648104, 5296240, 230912, 0),
     finetune("frozen_3", 0.95, 0.33, 20520, 41048, 67072, 3),
     *RULER,
+    CUDA,
 ]
 
 if __name__ == "__main__":

@@ -5,7 +5,15 @@ import torch
 
 from bench_lib.cases import Profile
 from bench_lib.devices import CpuDevice
-from bench_lib.finetune import NOGRAD, Strategy, TrainStep, measure_finetune_group, strategies, strategy_names
+from bench_lib.finetune import (
+    NOGRAD,
+    Strategy,
+    TrainStep,
+    measure_finetune_group,
+    strategies,
+    strategy_names,
+    template,
+)
 from bench_lib.models import ZOO
 
 F32 = 4
@@ -17,7 +25,7 @@ LOSS_SAVED = lambda b: b * 10 * F32 + b * 8 + F32  # noqa: E731
 
 
 def step_for(strategy, optimizer="sgd", model="mlp", batch_size=2):
-    step = TrainStep(ZOO[model], strategy, optimizer, DEVICE, batch_size)
+    step = TrainStep(template(ZOO[model], batch_size), strategy, optimizer, DEVICE)
     step()  # first step creates the optimizer state
     return step, step.measure_memory(DEVICE)
 
@@ -99,6 +107,14 @@ def test_frozen_parameters_that_change_are_caught():
     with torch.no_grad():
         step.frozen[0].add_(1.0)
     assert ft_check(step, frozen, trainable) == "a frozen parameter changed"
+
+
+def test_a_step_that_trains_nothing_is_caught():
+    step, _ = step_for(Strategy("frozen_1", 1))
+    frozen = [p.detach().clone() for p in step.frozen]
+    trainable = [p.detach().clone() for p in step.trainable]
+    n = len(step.trainable)
+    assert ft_check(step, frozen, trainable) == f"none of the {n} trainable parameters changed"
 
 
 def ft_check(step, frozen, trainable):

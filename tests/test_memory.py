@@ -94,6 +94,9 @@ class FakeCudaMemory:
     def max_memory_allocated(self, index=None):
         return self.peak
 
+    def max_memory_reserved(self, index=None):  # segments of 2 MiB, as the caching allocator's
+        return -(-self.peak // (2 << 20)) * (2 << 20)
+
     def alloc(self, n):
         self.allocated += n
         self.peak = max(self.peak, self.allocated)
@@ -108,6 +111,11 @@ def test_cuda_peak_is_the_allocator_peak_beyond_live_bytes_before():
         cuda.alloc(-1024)
     assert counter.peak_bytes == 1536
     assert cuda.calls == ["sync", "sync"]
+    assert counter.extra == {
+        "cuda_max_allocated_bytes": 2536,
+        "cuda_max_reserved_bytes": 2 << 20,
+        "cuda_live_before_bytes": 1000,
+    }
 
 
 def test_rss_peak_is_a_byte_count_or_unknown():

@@ -8,14 +8,14 @@ from bench_lib.models import ZOO, StagedModel, blocks_of, get_model
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model_builds_and_runs_on_its_inputs(name):
     spec = ZOO[name]
-    torch.manual_seed(0)
-    model = spec.build().eval()
     for batch_size in (1, 3):
-        inputs = spec.make_inputs(batch_size)
-        out = model(*inputs)
+        torch.manual_seed(0)
+        instance = spec.instantiate(batch_size)
+        out = instance.model.eval()(*instance.input_tuple())
         assert out.shape[0] == batch_size
-        assert spec.iterations(batch_size) >= 1
-        assert spec.items_per_batch(batch_size) == batch_size
+        assert instance.iterations >= 1
+        assert instance.items_per_batch == batch_size
+        assert instance.trainable == (name != "polynomial")
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "transformer"])

@@ -28,15 +28,18 @@ def test_noise_section_flags_spread_few_rounds_and_failures():
     )
     assert "p99 from only 50 rounds" in set(flags["why"])
     assert "no_grad: output has a grad_fn" in set(flags["why"])
+    cuda = flags[flags["case"] == "inference-mlp-cuda-b32-bfloat16-no_grad"]
+    assert {"disturbed", "throttled"} <= set(cuda["flag"])
 
 
 def test_html_report_has_every_section_and_embedded_plots(tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["report", str(SMALL), "--format", "html", "--out", str(out)]) == 0
     page = out.read_text()
-    for section in ("Environment", "Inference", "Fine-tuning", "Noise and failures"):
+    for section in ("Environment", "Inference", "Fine-tuning", "GPU", "Noise and failures"):
         assert f"<h2>{section}</h2>" in page
-    assert page.count('src="data:image/png;base64,') == 2 + 2 + 1  # latency, memory per model; finetune
+    # latency and memory per model, device and dtype (mlp cpu, mlp cuda bf16, transformer cpu); finetune
+    assert page.count('src="data:image/png;base64,') == 3 + 3 + 1
     assert "http" not in page.replace("http-equiv", "")  # self-contained
 
 
@@ -69,7 +72,7 @@ def test_compare_joins_on_the_case_key_and_lists_one_sided_cases(tmp_path):
     result = compare([read_report(SMALL), read_report(other)])
     assert result.labels == ("Example CPU 9000 / torch 2.13.0+cpu", "Other CPU / torch 2.13.0+cpu")
     ratio = result.table["latency_ms_median ratio [Other CPU / torch 2.13.0+cpu]"]
-    assert len(result.table) == 8 and (ratio == 2.0).all()  # 5 ok cases of mlp, 3 rulers
+    assert len(result.table) == 9 and (ratio == 2.0).all()  # 6 ok cases of mlp (1 on CUDA), 3 rulers
     assert list(result.only_in) == ["Example CPU 9000 / torch 2.13.0+cpu", "Other CPU / torch 2.13.0+cpu"]
     assert set(result.only_in["Example CPU 9000 / torch 2.13.0+cpu"]["model"]) == {"transformer"}
     assert list(result.only_in["Other CPU / torch 2.13.0+cpu"]["batch_size"]) == [1]

@@ -144,3 +144,12 @@ def test_version_1_reports_are_migrated():
     frame = read_report(old)
     assert (frame["schema_version"] == SCHEMA_VERSION).all() and frame["inject"].isna().all()
     assert list(frame.columns) == list(COLUMN_NAMES)
+
+
+def test_version_2_reports_are_migrated():
+    old = Path(__file__).parent / "data" / "small_v2.csv"
+    assert "energy_j_per_item" not in old.read_text().splitlines()[0]
+    frame = read_report(old)
+    assert (frame["schema_version"] == SCHEMA_VERSION).all()
+    assert frame["energy_j_per_item"].isna().all() and frame["cuda_max_allocated_bytes"].isna().all()
+    assert list(frame.columns) == list(COLUMN_NAMES)
