@@ -5,6 +5,7 @@
 #   make bench PROFILE=hf      BERT-base and GPT-2 small (installs the hf extra: transformers)
 #   make bench MODELS=mlp,examples/custom_model.py:make_trainable   zoo and your own models
 #   make bench BATCH_SIZES=1,8 DEVICES=cpu DTYPES=float32,bfloat16   batch sizes, devices, precisions
+#   make bench COMPILE=on ARGS="-k inference"   eager vs torch.compile
 #   make bench ARGS="-k transformer"   any pytest arguments, e.g. a subset of cases
 #   make report                summary of results/latest.csv (FORMAT=md|html, OUT=file, CSV=...)
 #   make compare A=x.csv B=y.csv   compare two reports (FORMAT=csv|md|html, OUT=file)
@@ -30,8 +31,10 @@ MODELS ?=
 BATCH_SIZES ?=
 DEVICES ?=
 DTYPES ?=
+COMPILE ?=
 BENCH_OPTS = $(if $(MODELS),--bench-models=$(MODELS)) $(if $(BATCH_SIZES),--bench-batch-sizes=$(BATCH_SIZES)) \
-	$(if $(DEVICES),--bench-devices=$(DEVICES)) $(if $(DTYPES),--bench-dtypes=$(DTYPES))
+	$(if $(DEVICES),--bench-devices=$(DEVICES)) $(if $(DTYPES),--bench-dtypes=$(DTYPES)) \
+	$(if $(COMPILE),--bench-compile=$(COMPILE))
 
 .PHONY: gpu-check setup setup-hf bench test lint format docs report compare gate gate-memory baseline-memory gate-audit clean
 

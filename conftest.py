@@ -39,6 +39,12 @@ OPTIONS = (
     ),
     ("batch-sizes", "BENCH_BATCH_SIZES", "", "comma-separated batch sizes (default: the profile's)"),
     (
+        "compile",
+        "BENCH_COMPILE",
+        "off",
+        "on: every inference mode also runs torch.compile'd (compile time reported apart)",
+    ),
+    (
         "dtypes",
         "BENCH_DTYPES",
         "float32",
@@ -96,6 +102,7 @@ def pytest_configure(config: pytest.Config) -> None:
             models=opt("models"),
             batch_sizes=opt("batch-sizes"),
             dtypes=opt("dtypes"),
+            compile=opt("compile"),
             devices=opt("devices"),
             modes=opt("modes"),
             threads=opt("threads"),

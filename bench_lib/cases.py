@@ -12,7 +12,9 @@ FINETUNE = "finetune"
 RULER = "ruler"
 
 # The columns that identify a case across runs and machines (the join key of reports).
-KEY_FIELDS = ("suite", "model", "device", "mode", "batch_size", "dtype", "strategy", "optimizer")
+KEY_FIELDS = ("suite", "model", "device", "mode", "batch_size", "dtype", "strategy", "optimizer", "compile")
+COMPILED = "inductor"  # the `compile` of a torch.compile'd case; "" is eager
+COMPILE_SUFFIX = "+compile"  # how a compiled inference variant is named within its group
 
 
 @dataclass(frozen=True, order=True)
@@ -31,6 +33,7 @@ class Case:
     dtype: str = "float32"
     strategy: str = ""
     optimizer: str = ""
+    compile: str = ""
 
     @property
     def key(self) -> tuple[str | int, ...]:
@@ -40,7 +43,7 @@ class Case:
     def group(self) -> Case:
         """The interleaving group: the cases that differ only in mode, strategy or optimizer are
         measured together, round-robin, in the same processes."""
-        return replace(self, mode="", strategy="", optimizer="")
+        return replace(self, mode="", strategy="", optimizer="", compile="")
 
     @property
     def label(self) -> str:
@@ -56,8 +59,11 @@ class Case:
 
     @property
     def variant(self) -> str:
-        """The case's name within its group: its mode, or `<optimizer>/<strategy>`."""
-        return self.mode or f"{self.optimizer}/{self.strategy}"
+        """The case's name within its group: its mode (`+compile` when compiled), or
+        `<optimizer>/<strategy>`."""
+        if self.mode:
+            return self.mode + (COMPILE_SUFFIX if self.compile else "")
+        return f"{self.optimizer}/{self.strategy}"
 
     @property
     def id(self) -> str:
@@ -65,6 +71,8 @@ class Case:
         if self.dtype != "float32":
             parts.append(self.dtype)
         parts += [p for p in (self.optimizer, self.strategy, self.mode) if p]
+        if self.compile:
+            parts.append("compiled")
         return "-".join(parts)
 
 
@@ -142,15 +150,18 @@ def inference_cases(
     devices: Sequence[str],
     modes: Sequence[str],
     dtypes: Sequence[str] = ("float32",),
+    compile: bool = False,
 ) -> list[Case]:
     """Every inference case of the profile, grouped so the modes of a group are adjacent (and
-    batch sizes ascending, so that one that runs out of memory stops the larger ones)."""
+    batch sizes ascending, so that one that runs out of memory stops the larger ones). With
+    `compile`, each mode also runs `torch.compile`d, in the same group as the eager modes."""
     return [
-        Case(INFERENCE, model, device, mode, batch_size, dtype)
+        Case(INFERENCE, model, device, mode, batch_size, dtype, compile=compiled)
         for model in models
         for device in devices
         for dtype in dtypes
         for batch_size in profile.batch_sizes
+        for compiled in (("", COMPILED) if compile else ("",))
         for mode in modes
     ]
 

@@ -63,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         results_dir=args.results_dir,
         dtypes=args.dtypes,
+        compile=args.compile,
     )
     by_suite = {
         "ruler": config.ruler_cases,
@@ -193,6 +194,11 @@ def parser() -> argparse.ArgumentParser:
         "--dtypes",
         default="float32",
         help="float32, bfloat16, float16: autocast precisions (default: float32)",
+    )
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run each inference mode torch.compile'd (compile time reported apart)",
     )
     run.add_argument("--optimizers", default="", help="sgd, adamw (default: both)")
     run.add_argument(

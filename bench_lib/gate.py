@@ -172,6 +172,8 @@ def load_side(paths: Sequence[str | Path], unit: str = "run") -> Side:
             raw = pd.read_csv(samples, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
             raise UserError(f"{samples}: not a samples file") from None
+        if "compile" not in raw:  # samples written before schema 3
+            raw["compile"] = ""
         needed = {*KEY_FIELDS, "run_id", "process", "latency_ms"}
         if not needed <= set(raw.columns):
             raise UserError(f"{samples}: missing columns {sorted(needed - set(raw.columns))}")

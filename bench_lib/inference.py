@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import torch
 
-from bench_lib.cases import INFERENCE, Case, Profile
+from bench_lib.cases import COMPILE_SUFFIX, COMPILED, INFERENCE, Case, Profile
 from bench_lib.devices import Device
 from bench_lib.memory import RssPeak, SavedTensorCounter
 from bench_lib.models import ModelSpec
@@ -22,6 +23,7 @@ SEED = 0
 # rtol, atol of the check that a mode's output equals grad mode's, for reduced precisions (the
 # same autocast computation, but kernels may differ between modes)
 TOLERANCE = {"bfloat16": (2e-2, 2e-2), "float16": (1e-2, 1e-2)}
+COMPILED_TOLERANCE = (1e-3, 1e-4)  # inductor fuses and reorders float operations
 
 
 def _probe(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], context, device: Device):  # type: ignore[no-untyped-def]
@@ -38,6 +40,25 @@ def _probe(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], context, de
         **getattr(peak, "extra", {}),  # CUDA: allocator peak, reserved peak, live bytes before
     }
     return output, metrics
+
+
+def _compiled_probe(fast: Any, inputs: tuple[torch.Tensor, ...], context: Any, device: Device):  # type: ignore[no-untyped-def]
+    """The first call of a compiled model in `context` (tracing and compiling: `compile_s`), then
+    one call whose memory is counted where the device's counter sees inside compiled code (the
+    CUDA allocator does; the CPU's tensor tracker, a dispatch mode, does not: left empty)."""
+    device.synchronize()
+    start = time.perf_counter()
+    with context():
+        fast(*inputs)
+    device.synchronize()
+    metrics: dict[str, Any] = {"compile_s": time.perf_counter() - start}
+    if device.kind != "cuda":
+        with context():
+            return fast(*inputs), metrics
+    peak = device.peak_counter()
+    with context(), peak.track():
+        output = fast(*inputs)
+    return output, metrics | {"mem_peak_bytes": peak.peak_bytes, **getattr(peak, "extra", {})}
 
 
 def input_transfer(device: Device, inputs: tuple[torch.Tensor, ...], rounds: int = 20) -> dict[str, Any]:
@@ -81,8 +102,21 @@ def measure_inference_group(
     adds them with `results.with_ratios`, after pooling processes).
     """
     measured = list(dict.fromkeys([REFERENCE_MODE, *modes]))
-    cases = {m: Case(INFERENCE, spec.name, device.kind, m, batch_size, dtype) for m in measured}
-    context = {m: within(mode_context(m), autocast(device.kind, dtype)) for m in measured}
+    mode_of = {v: v.removesuffix(COMPILE_SUFFIX) for v in measured}
+    compiled = {v for v in measured if v.endswith(COMPILE_SUFFIX)}
+    cases = {
+        v: Case(
+            INFERENCE,
+            spec.name,
+            device.kind,
+            mode_of[v],
+            batch_size,
+            dtype,
+            compile=COMPILED if v in compiled else "",
+        )
+        for v in measured
+    }
+    context = {v: within(mode_context(mode_of[v]), autocast(device.kind, dtype)) for v in measured}
     try:
         torch.manual_seed(SEED)
         instance = spec.instantiate(batch_size)
@@ -90,6 +124,7 @@ def measure_inference_group(
         transfer = input_transfer(device, instance.input_tuple())
         inputs = tuple(t.to(device.name) for t in instance.input_tuple())
         has_trainable = any(p.requires_grad for p in model.parameters())
+        fast = torch.compile(model) if compiled else model
     except Exception as exc:  # noqa: BLE001 - a broken model fails its cases, the run goes on
         device.release_memory()
         return {m: failure(cases[m], exc) for m in measured}
@@ -99,29 +134,33 @@ def measure_inference_group(
     reference_output = None
     for mode in measured:
         try:
-            with context[mode]():
-                model(*inputs)  # warm-up: one-time allocations stay out of the memory figures
-            output, metrics[mode] = _probe(model, inputs, context[mode], device)
+            if mode in compiled:
+                output, metrics[mode] = _compiled_probe(fast, inputs, context[mode], device)
+            else:
+                with context[mode]():
+                    model(*inputs)  # warm-up: one-time allocations stay out of the memory figures
+                output, metrics[mode] = _probe(model, inputs, context[mode], device)
         except Exception as exc:  # noqa: BLE001
             device.release_memory()
             results[mode] = failure(cases[mode], exc)
             continue
         problem = semantics_violation(
-            mode, output, metrics[mode]["mem_saved_for_backward_bytes"], has_trainable
+            mode_of[mode], output, metrics[mode].get("mem_saved_for_backward_bytes"), has_trainable
         )
+        tolerance = TOLERANCE.get(dtype, COMPILED_TOLERANCE if mode in compiled else (1e-4, 1e-5))
         if problem is None and mode == REFERENCE_MODE:
             reference_output = output
         elif problem is None and reference_output is not None:
-            problem = outputs_mismatch(reference_output, output, *TOLERANCE.get(dtype, (1e-4, 1e-5)))
+            problem = outputs_mismatch(reference_output, output, *tolerance)
         if problem is not None:
             results[mode] = CaseResult(cases[mode], FAILED, problem, metrics=metrics[mode])
         del output
 
     reference_output = None
     iterations = profile.iterations or instance.iterations
-    forward = partial(model, *inputs)
+    forward = {m: partial(fast if m in compiled else model, *inputs) for m in measured}
     timed = measure_interleaved(
-        [Variant(m, forward, context[m]) for m in measured if m not in results],
+        [Variant(m, forward[m], context[m]) for m in measured if m not in results],
         device,
         rounds=profile.rounds,
         warmup_rounds=profile.warmup_rounds,
@@ -132,7 +171,7 @@ def measure_inference_group(
     items = instance.items_per_batch or batch_size
     for mode, samples in timed.samples.items():
         with context[mode]():  # GPU energy per item, in a phase of its own after the timing
-            energy = energy_columns(device.energy(forward, profile.energy_seconds), items)
+            energy = energy_columns(device.energy(forward[mode], profile.energy_seconds), items)
         results[mode] = CaseResult(
             cases[mode],
             samples=samples,

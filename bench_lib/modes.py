@@ -36,13 +36,14 @@ def _tensors(output: object) -> list[torch.Tensor]:
 
 
 def semantics_violation(
-    mode: str, output: object, saved_bytes: int, has_trainable_params: bool
+    mode: str, output: object, saved_bytes: int | None, has_trainable_params: bool
 ) -> str | None:
     """Why `output` (and the bytes saved for backward while computing it) break `mode`'s rules.
 
     Returns None when the mode behaved: under no_grad / inference_mode no output has a
     `grad_fn` and nothing was saved; inference_mode outputs are inference tensors; under grad a
     model with trainable parameters produced a graph and saved something for backward.
+    `saved_bytes` None (not counted, as for compiled code) skips the checks on saved bytes.
     """
     tensors = _tensors(output)
     if not tensors:
@@ -50,7 +51,7 @@ def semantics_violation(
     if mode == REFERENCE_MODE:
         if has_trainable_params and not any(t.grad_fn is not None for t in tensors):
             return "grad: output has no grad_fn although the model has trainable parameters"
-        if has_trainable_params and saved_bytes == 0:
+        if has_trainable_params and saved_bytes == 0:  # None: not counted
             return "grad: nothing was saved for backward although the model has trainable parameters"
         return None
     if any(t.grad_fn is not None for t in tensors):

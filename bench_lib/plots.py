@@ -39,16 +39,18 @@ def inference_memory(frame: pd.DataFrame) -> dict[str, bytes]:
 def _per_model_device(frame: pd.DataFrame, column: str, label: str, scale: float) -> dict[str, bytes]:
     ok = _ok(frame, "inference")
     out = {}
-    for (model, device, dtype), group in ok.groupby(["model", "device", "dtype"], sort=False):
+    for (model, device, dtype, compiled), group in ok.groupby(
+        ["model", "device", "dtype", "compile"], sort=False
+    ):
         table = group.pivot_table(index="batch_size", columns="mode", values=column, aggfunc="first")
         table = table[[m for m in MODES if m in table.columns]].astype(float) * scale
         fig, ax = plt.subplots(figsize=(5, 3))
         table.plot.bar(ax=ax, rot=0)
-        precision = "" if dtype == "float32" else f", {dtype} autocast"
+        precision = ("" if dtype == "float32" else f", {dtype} autocast") + (", compiled" if compiled else "")
         ax.set_title(f"{model} on {device}{precision}")
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
-        out[f"{model} {device} {dtype}"] = _png(fig)
+        out[f"{model} {device} {dtype} {compiled or 'eager'}"] = _png(fig)
     return out
 
 

@@ -34,12 +34,13 @@ def format_ms(ms: float | None) -> str:
 def inference_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per model, device and batch size; per mode the median latency (ms), the ratio to
     grad, the peak tensor memory and the bytes saved for backward. Values stay numeric."""
-    ok = frame[(frame["suite"] == "inference") & (frame["status"] == "ok")]
+    ok = frame[(frame["suite"] == "inference") & (frame["status"] == "ok")].copy()
     if ok.empty:
         return pd.DataFrame()
+    ok["compile"] = ok["compile"].replace("", "eager")
     values = ["latency_ms_median", "latency_ratio_to_grad", "mem_peak_bytes", "mem_saved_for_backward_bytes"]
     table = ok.pivot_table(
-        index=["model", "device", "dtype", "batch_size"],
+        index=["model", "device", "dtype", "compile", "batch_size"],
         columns="mode",
         values=values,
         aggfunc="first",
@@ -67,7 +68,7 @@ def inference_view(frame: pd.DataFrame) -> pd.DataFrame:
         out[f"{label} peak"] = table[("mem_peak_bytes", mode)].map(format_bytes)
     if REFERENCE_MODE in modes:
         out["grad saved"] = table[("mem_saved_for_backward_bytes", REFERENCE_MODE)].map(format_bytes)
-    out.index = out.index.set_names(["model", "device", "dtype", "batch"])
+    out.index = out.index.set_names(["model", "device", "dtype", "compile", "batch"])
     return out
 
 
@@ -209,8 +210,9 @@ SECTIONS = (
     (
         "Inference",
         inference_view,
-        "Median latency per call (ms), ratio to grad (x, measured interleaved: below 1 is faster), "
-        "peak tensor memory of one forward, bytes saved for backward under grad.",
+        "Median latency per call (ms), ratio to grad (x, eager grad mode, measured interleaved: below 1 "
+        "is faster), peak tensor memory of one forward, bytes saved for backward under grad; compile: "
+        "eager or torch.compile (inductor; its compile time is the compile_s column).",
     ),
     (
         "Fine-tuning",

@@ -3,7 +3,7 @@
 Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when it changes):
   1: first version.
   2: adds `inject` (the deliberate regression of a gate audit run; empty otherwise).
-  3: adds the GPU-aware columns (CUDA allocator figures, NVML telemetry and energy, input
+  3: adds `compile` (key; empty = eager) and `compile_s`; the GPU-aware columns (CUDA allocator figures, NVML telemetry and energy, input
      transfer) and `input_bytes`; `dtype` now takes bfloat16 / float16 (autocast).
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
@@ -63,6 +63,7 @@ COLUMNS: tuple[Column, ...] = (
         "fine-tuning strategy: `full`, `frozen_<k>` or `frozen_nograd`; empty for inference",
     ),
     _C("optimizer", "str", "", "fine-tuning optimizer: `sgd` (momentum 0.9) or `adamw`; empty for inference"),
+    _C("compile", "str", "", "`inductor` for a `torch.compile`d inference case (`--bench-compile=on`); empty: eager"),
     _C("status", "str", "", "`ok`, `failed` (an exception or a failed check) or `oom`"),
     _C("error", "str", "", "why the case did not succeed; empty when ok"),
     _C(
@@ -124,6 +125,7 @@ COLUMNS: tuple[Column, ...] = (
         "bytes",
         "rise of the process's RSS high-water mark during one forward (informational, noisy; empty where not measurable)",
     ),
+    _C("compile_s", "float", "s", "compiled cases: wall time of the first call in the case's mode (tracing and compiling; inductor's on-disk cache makes repeat runs faster)"),
     _C("input_bytes", "int", "bytes", "inference: bytes of the forward's input tensors (one batch)"),
     _C("h2d_pageable_ms", "float", "ms", "CUDA inference: median time to copy the inputs to the GPU from pageable host memory (CUDA events)"),
     _C("h2d_pinned_ms", "float", "ms", "CUDA inference: the same from pinned host memory (non_blocking copy)"),
@@ -168,7 +170,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 # fmt: on
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
-REQUIRED = ("schema_version", *KEY_FIELDS, "status")
+REQUIRED = ("schema_version", *(k for k in KEY_FIELDS if k != "compile"), "status")  # compile: since v3
 SAMPLE_COLUMNS = ("run_id", *KEY_FIELDS, "process", "round", "latency_ms", "host_latency_ms")
 
 _DTYPES = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean"}
@@ -180,7 +182,9 @@ def _v1_to_v2(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _v2_to_v3(frame: pd.DataFrame) -> pd.DataFrame:
-    added = [c.name for c in COLUMNS[COLUMN_NAMES.index("input_bytes") : COLUMN_NAMES.index("machine_id")]]
+    added = ["compile"] + [
+        c.name for c in COLUMNS[COLUMN_NAMES.index("compile_s") : COLUMN_NAMES.index("machine_id")]
+    ]
     return frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="3")
 
 
@@ -201,7 +205,7 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     for col in COLUMNS:
         if col.name in frame:
             frame[col.name] = frame[col.name].astype(_DTYPES[col.kind])
-    for name in ("mode", "strategy", "optimizer", "error"):
+    for name in ("mode", "strategy", "optimizer", "compile", "error"):
         if name in frame:
             frame[name] = frame[name].fillna("")
     return frame

@@ -17,6 +17,8 @@ import pandas as pd
 
 from bench_lib.allocator import pin_glibc_malloc
 from bench_lib.cases import (
+    COMPILE_SUFFIX,
+    COMPILED,
     FINETUNE,
     INFERENCE,
     Case,
@@ -60,6 +62,7 @@ class RunConfig:
     start_method: str = "forkserver"
     inject: str = ""
     dtypes: tuple[str, ...] = ("float32",)
+    compile: bool = False
 
     @classmethod
     def parse(
@@ -77,6 +80,7 @@ class RunConfig:
         start_method: str | None = None,
         inject: str | None = None,
         dtypes: str | None = None,
+        compile: str | bool | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
         if malloc not in ("pinned", "default"):
@@ -104,6 +108,7 @@ class RunConfig:
             start_method=start_method,
             inject=inject or "",
             dtypes=tuple(parse_dtypes(dtypes)),
+            compile=_parse_switch(compile, "compile"),
         ).checked()
 
     def checked(self) -> RunConfig:
@@ -123,7 +128,9 @@ class RunConfig:
         return dict(zip(self.model_names, self.models, strict=True)).get(name, name)
 
     def inference_cases(self) -> list[Case]:
-        return inference_cases(self.profile, self.model_names, self.devices, self.modes, self.dtypes)
+        return inference_cases(
+            self.profile, self.model_names, self.devices, self.modes, self.dtypes, self.compile
+        )
 
     def finetune_cases(self) -> list[Case]:
         strategies_of = {get_model(m).name: strategy_names(get_model(m)) for m in self.models}
@@ -178,6 +185,17 @@ def parse_models(text: str | None, default: Sequence[str]) -> tuple[str, ...]:
             raise UserError(f"models {names[spec.name]!r} and {ref!r} have the same name {spec.name!r}")
         names[spec.name] = ref
     return tuple(refs)
+
+
+def _parse_switch(value: str | bool | None, what: str) -> bool:
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = value.strip().lower()
+    if text in ("", "0", "off", "no", "false"):
+        return False
+    if text in ("1", "on", "yes", "true"):
+        return True
+    raise UserError(f"{what} must be on or off, got {value!r}")
 
 
 def _parse_count(text: str, what: str, minimum: int = 1) -> int:
@@ -318,7 +336,8 @@ class BenchSession:
 
 def _case_of(case: Case, variant: str) -> Case:
     if case.suite != FINETUNE:
-        return replace(case, mode=variant)
+        mode, compiled = variant.removesuffix(COMPILE_SUFFIX), variant.endswith(COMPILE_SUFFIX)
+        return replace(case, mode=mode, compile=COMPILED if compiled else "")
     optimizer, strategy = variant.split("/")
     return replace(case, optimizer=optimizer, strategy=strategy)
 

@@ -131,3 +131,30 @@ def test_out_of_memory_during_timing_is_recorded_as_oom_and_others_go_on():
     oom = next(r for r in results.values() if r.status == "oom")
     assert oom.error.startswith("OutOfMemoryError: CUDA out of memory")
     assert oom.metrics["mem_saved_for_backward_bytes"] == 0  # measured before it failed
+
+
+def test_compiled_variants_share_the_group_and_report_compile_time():
+    from bench_lib.cases import COMPILED, Case
+    from bench_lib.session import _case_of
+
+    case = Case("inference", "mlp", "cpu", "no_grad", 4, compile=COMPILED)
+    assert case.id == "mlp-cpu-b4-no_grad-compiled" and case.variant == "no_grad+compile"
+    assert case.group == Case("inference", "mlp", "cpu", "", 4)
+    assert _case_of(case.group, "no_grad+compile") == case
+    assert _case_of(case.group, "no_grad").compile == ""
+
+
+@pytest.mark.slow
+def test_a_compiled_mode_is_timed_against_eager_grad():
+    from bench_lib.cases import Profile
+    from bench_lib.devices import CpuDevice
+    from bench_lib.inference import measure_inference_group
+    from bench_lib.models import ZOO
+
+    profile = Profile("t", (2,), rounds=3, warmup_rounds=1, iterations=1, energy_seconds=0)
+    results = measure_inference_group(ZOO["mlp"], CpuDevice(), 2, profile, ["grad", "no_grad+compile"])
+    assert all(r.ok for r in results.values()), {k: r.error for k, r in results.items()}
+    compiled = results["no_grad+compile"]
+    assert compiled.case.compile == "inductor" and compiled.metrics["compile_s"] > 0
+    assert "mem_peak_bytes" not in compiled.metrics  # the CPU tracker cannot see compiled code
+    assert "compile_s" not in results["grad"].metrics
