@@ -43,10 +43,10 @@ COLUMNS: tuple[Column, ...] = (
     _C("schema_version", "int", "", "version of this format (see docs/results.md)"),
     _C("run_id", "str", "", "`<UTC timestamp>_<machine_id>` of the run; names the report file"),
     _C("timestamp_utc", "str", "ISO 8601", "when the run started, UTC"),
-    _C("profile", "str", "", "profile the run used (tiny, default, full)"),
+    _C("profile", "str", "", "profile the run used (tiny, default, full, gpu, hf)"),
     _C("inject", "str", "", "deliberate regression injected to test the gate (`--bench-inject`); empty for a normal run"),
-    _C("suite", "str", "", "`inference` or `finetune`"),
-    _C("model", "str", "", "model name in the zoo"),
+    _C("suite", "str", "", "`inference`, `finetune` or `ruler` (the calibration workloads; `mode` names the workload)"),
+    _C("model", "str", "", "model: a zoo name, `bert-base` / `gpt2` (hf extra), or a user model's file or module name (`.FUNCTION` added unless the factory is `make_model`)"),
     _C("device", "str", "", "device kind: `cpu` or `cuda`"),
     _C(
         "mode",
