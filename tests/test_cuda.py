@@ -71,3 +71,11 @@ def test_nvml_sees_this_gpu():
         pytest.skip("NVML not available")
     snap = monitor.snapshot()
     assert snap.sm_clock_mhz and snap.temperature_c is not None
+
+
+def test_compiled_cases_on_cuda_have_allocator_memory_and_compile_time():
+    device = CudaDevice(torch.cuda.current_device())
+    results = measure_inference_group(ZOO["mlp"], device, 8, TINY, ["grad", "no_grad+compile"])
+    assert all(r.ok for r in results.values()), {k: r.error for k, r in results.items()}
+    compiled = results["no_grad+compile"].metrics
+    assert compiled["compile_s"] > 0 and compiled["mem_peak_bytes"] > 0

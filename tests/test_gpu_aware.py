@@ -325,3 +325,18 @@ def test_gpu_check_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
     assert gpucheck(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gpu-check needs a GPU" in err
+
+
+def test_float16_training_steps_go_through_a_grad_scaler():
+    """fp16 is measured on CUDA only, but the step's logic runs on the CPU too (autocast fp16
+    and GradScaler("cpu")): the scaler scales the loss and the parameters still move."""
+    from bench_lib.finetune import Strategy, TrainStep, template
+
+    step = TrainStep(template(ZOO["mlp"], 4), Strategy("full", 0), "sgd", CpuDevice(), "float16")
+    assert step.scaler is not None and step.scaler.get_scale() == 65536.0
+    before = [p.detach().clone() for p in step.trainable]
+    for _ in range(3):
+        step()
+    assert any(not torch.equal(p, b) for p, b in zip(step.trainable, before, strict=True))
+    mem = step.measure_memory(CpuDevice())
+    assert mem["mem_grads_bytes"] == sum(p.numel() * 4 for p in step.trainable)  # fp32 master grads

@@ -247,3 +247,19 @@ def test_model_instance_is_public():
     import bench_lib
 
     assert bench_lib.ModelInstance is ModelInstance
+
+
+def test_hf_models_without_the_extra_are_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
+    assert main(["run", "--model", "bert-base", "--profile", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "need the hf extra: pip install -e '.[hf]'" in err
+
+
+def test_hf_models_build_from_their_configs_without_downloads():
+    pytest.importorskip("transformers")
+    instance = get_model("bert-base").instantiate(2)
+    assert sum(p.numel() for p in instance.model.parameters()) > 100_000_000  # BERT-base: 110M
+    assert instance.trainable and len(instance.blocks) == 13  # embeddings + 12 layers
+    (ids,) = instance.input_tuple()
+    assert ids.shape == (2, 128) and ids.dtype == torch.int64
