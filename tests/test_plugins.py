@@ -263,3 +263,24 @@ def test_hf_models_build_from_their_configs_without_downloads():
     assert instance.trainable and len(instance.blocks) == 13  # embeddings + 12 layers
     (ids,) = instance.input_tuple()
     assert ids.shape == (2, 128) and ids.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--suites", "foo"], "unknown suite 'foo'"),
+        (["--dtypes", "int8"], "unknown dtype 'int8'"),
+        (["--batch-sizes", "x"], "batch sizes must be an integer >= 1"),
+        (["--devices", "tpu"], "unknown device 'tpu'"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        pytest.param(
+            ["--devices", "cuda"],
+            "nothing to measure",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA"),
+        ),
+    ],
+)
+def test_bad_run_options_are_one_line_and_exit_2(capsys, args, message):
+    assert main(["run", "--profile", "tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: ") and message in err
