@@ -50,12 +50,17 @@ def audit(
     models: str,
     select: str,
     processes: int,
+    evaluate_only: bool = False,
 ) -> dict:
+    """Measure `trials` trials (or, with `evaluate_only`, gate the trials already in `out` again
+    with the current gate: decision rules can be compared on the same runs)."""
     results: dict = {"trials": [], "settings": {"trials": trials, "repeat": repeat, "slowdowns": list(slowdowns),
                      "model": model, "models": models, "select": select, "processes": processes}}  # fmt: skip
+    if evaluate_only:
+        trials = len(list(out.glob("trial*/plain_b")))
     for t in range(trials):
         trial = out / f"trial{t}"
-        for _ in range(repeat):
+        for _ in range(0 if evaluate_only else repeat):
             run_suite(trial / "plain_a", select, models, processes)
             for s in slowdowns:
                 run_suite(trial / f"slow{s}", select, models, processes, f"{model}:slow={s}")
@@ -68,6 +73,8 @@ def audit(
             "aa_latency_verdicts": sum(v.metric == gate.LATENCY for v in aa),
         }
         for s in slowdowns:
+            if not (trial / f"slow{s}").is_dir():
+                continue
             vs = [v for v in verdicts(trial / "plain_a", trial / f"slow{s}") if v.metric == gate.LATENCY]
             target = [v for v in vs if f"-{model}-" in v.case and v.case.startswith("inference")]
             others = [v for v in vs if v not in target]
@@ -79,8 +86,33 @@ def audit(
             }
         results["trials"].append(row)
         print(json.dumps(row), flush=True)
-        write_text_atomic(out / "audit.json", json.dumps(results, indent=2))
+        name = "audit.evaluated.json" if evaluate_only else "audit.json"
+        write_text_atomic(out / name, json.dumps(results | {"summary": summary(results)}, indent=2))
+    print(json.dumps(summary(results)), flush=True)
     return results
+
+
+def summary(results: dict) -> dict:
+    """Totals over the trials: A/A gates with a false alarm, and per slowdown the cases caught."""
+    trials = results["trials"]
+    out: dict = {
+        "trials": len(trials),
+        "aa_gates_with_false_alarms": sum(bool(t["aa_false_alarms"]) for t in trials),
+        "aa_false_alarms": sum(len(t["aa_false_alarms"]) for t in trials),
+        "aa_inconclusive": sum(t["aa_inconclusive"] for t in trials),
+        "aa_latency_verdicts": sum(t["aa_latency_verdicts"] for t in trials),
+    }
+    for key in sorted({k for t in trials for k in t if k.startswith("slow")}):
+        rows = [t[key] for t in trials if key in t]
+        out[key] = {
+            "trials": len(rows),
+            "trials_with_a_catch": sum(r["flagged"] > 0 for r in rows),
+            "trials_all_caught": sum(r["flagged"] == r["cases"] for r in rows),
+            "cases_flagged": sum(r["flagged"] for r in rows),
+            "cases": sum(r["cases"] for r in rows),
+            "false_alarms_elsewhere": sum(len(r["false_alarms_elsewhere"]) for r in rows),
+        }
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", default="mlp,transformer", help="models each run measures")
     p.add_argument("--select", default="inference", help="pytest -k expression for each run")
     p.add_argument("--processes", type=int, default=1, help="worker processes per group in each run")
+    p.add_argument(
+        "--evaluate-only", action="store_true", help="gate the trials already in --out again, measure nothing"
+    )
     args = p.parse_args(argv)
     slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
     audit(
@@ -104,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.models,
         args.select,
         args.processes,
+        args.evaluate_only,
     )
     return 0
 

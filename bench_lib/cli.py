@@ -145,6 +145,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         for k, v in (
             ("latency_threshold", args.latency_threshold),
             ("alpha", args.alpha),
+            ("margin", args.margin),
             ("memory_slack_bytes", args.memory_slack),
         )
         if v is not None
@@ -228,6 +229,11 @@ def parser() -> argparse.ArgumentParser:
         "--latency-threshold", type=float, help="slowdown that counts, as a fraction (default 0.10)"
     )
     g.add_argument("--alpha", type=float, help="significance level of the Mann-Whitney U test (default 0.01)")
+    g.add_argument(
+        "--margin",
+        type=float,
+        help="slowdown the test must establish beyond the baseline (default: half the threshold)",
+    )
     g.add_argument("--memory-slack", type=int, help="bytes of memory change tolerated (default 0)")
     g.add_argument("--only", choices=["memory", "latency"], help="gate only these metrics")
     g.add_argument(

@@ -7,8 +7,10 @@ How it decides (see ../shared/MEASURING.md, "Regression gates"):
   torch version.
 - Latency: the unit is the median of one run (a report; several per side), or of one worker
   process with `unit="process"`. A case is a `regression` only when the candidate's median is slower than the
-  baseline's by more than the threshold AND a one-sided Mann-Whitney U test on the per-process
-  medians says so at level `alpha`. Gated only between reports whose machine fingerprints (and
+  baseline's by more than the threshold AND a one-sided Mann-Whitney U test says, at level `alpha`,
+  that the candidate's medians are slower than the baseline's scaled by 1 + `margin` (half the
+  threshold by default): the slowdown must be both large and, with confidence, more than noise
+  (with margin 0, a full-suite A/A audit flagged a +14% training step whose runs drifted together). Gated only between reports whose machine fingerprints (and
   thread and malloc settings) match; otherwise `not gated`, with the reason.
 - Too few samples to ever reach `alpha`, or medians spread wider than `max_noise`:
   `inconclusive`, never a silent pass or fail.
@@ -66,6 +68,7 @@ class Rules:
     alpha: float = 0.01
     min_samples: int = 4
     max_noise: float = 0.10
+    margin: float | None = None  # the slowdown the test must establish; None: latency_threshold / 2
     memory_slack_bytes: int = 0
     latency: str = "gate"
     memory: str = "gate"
@@ -73,9 +76,16 @@ class Rules:
     def __post_init__(self) -> None:
         if not (0 < self.alpha < 1) or self.latency_threshold < 0 or self.memory_slack_bytes < 0:
             raise UserError("gate rules: need 0 < alpha < 1, latency_threshold >= 0, memory_slack_bytes >= 0")
+        if self.margin is not None and not (0 <= self.margin <= self.latency_threshold):
+            raise UserError("gate rules: need 0 <= margin <= latency_threshold")
         for name in ("latency", "memory"):
             if getattr(self, name) not in ("gate", "report"):
                 raise UserError(f"gate rules: {name} must be 'gate' or 'report', got {getattr(self, name)!r}")
+
+    @property
+    def test_margin(self) -> float:
+        """The slowdown the significance test must establish (half the threshold by default)."""
+        return self.latency_threshold / 2 if self.margin is None else self.margin
 
 
 @dataclass(frozen=True)
@@ -288,15 +298,16 @@ def _latency(label: str, base: list[float], cand: list[float], rules: Rules) -> 
             f"medians spread {noise:.0%} (> {rules.max_noise:.0%})",
             **common,
         )
-    slower = mannwhitneyu(cand, base, alternative="greater").pvalue
-    faster = mannwhitneyu(cand, base, alternative="less").pvalue
+    margin = rules.test_margin
+    slower = mannwhitneyu(cand, [x * (1 + margin) for x in base], alternative="greater").pvalue
+    faster = mannwhitneyu(cand, [x * (1 - margin) for x in base], alternative="less").pvalue
     if change > rules.latency_threshold:
         if slower < rules.alpha:
             return Verdict(
                 label,
                 metric,
                 REGRESSION,
-                f"{change:+.1%} > {rules.latency_threshold:.0%}, p={slower:.2g}",
+                f"{change:+.1%} > {rules.latency_threshold:.0%}, slower than +{margin:.0%} at p={slower:.2g}",
                 p_value=slower,
                 **common,
             )
@@ -304,7 +315,7 @@ def _latency(label: str, base: list[float], cand: list[float], rules: Rules) -> 
             label,
             metric,
             PASS,
-            f"{change:+.1%} but not significant (p={slower:.2g})",
+            f"{change:+.1%} but not significantly beyond +{margin:.0%} (p={slower:.2g})",
             p_value=slower,
             **common,
         )

@@ -58,6 +58,18 @@ def test_a_slowdown_below_the_threshold_passes_even_if_significant():
     assert v.decision == "pass" and "within 10%" in v.why
 
 
+def test_a_slowdown_must_be_significantly_beyond_the_margin():
+    """+12% median, but two candidate runs are within +5% of baseline runs: not established beyond
+    the margin (half the threshold), so it passes; with margin 0 the same runs are a regression."""
+    base = [1.00, 1.01, 0.99, 1.02, 0.98]
+    cand = [1.06, 1.16, 1.12, 1.07, 1.15]
+    v = gate._latency("x", base, cand, gate.Rules())
+    assert v.decision == "pass" and "not significantly beyond +5%" in v.why
+    assert gate._latency("x", base, cand, gate.Rules(margin=0.0)).decision == "regression"
+    with pytest.raises(UserError, match="margin"):
+        gate.Rules(margin=0.2)
+
+
 def test_too_few_samples_is_inconclusive_not_a_pass_or_fail():
     v = verdict(gate.gate(side(n=3, seed=1), side(n=3, seed=2, scale=1.5), CONFIG))
     assert v.decision == "inconclusive" and "too few samples (3 vs 3)" in v.why
