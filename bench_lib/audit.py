@@ -5,7 +5,9 @@ Each trial measures, interleaved (plain, +s1, +s2, ..., plain, repeated `repeat`
 repeat` plain runs and `repeat` runs per injected slowdown of one model, each a fresh `pytest
 benchmarks/` process. Then it gates plain half A against plain half B (A/A: every failing verdict
 is a false alarm) and plain half A against each injected set (a slowdown is caught when the
-injected model's cases are flagged as regressions). Figures are written to `audit.json`.
+injected model's inference cases are flagged as regressions; its training steps, whose forward is
+slowed too, are listed apart; a flagged case of another model is a false alarm). Figures are
+written to `audit.json` (`--evaluate-only`: gate saved runs again, into `audit.evaluated.json`).
 """
 
 from __future__ import annotations
@@ -76,12 +78,14 @@ def audit(
             if not (trial / f"slow{s}").is_dir():
                 continue
             vs = [v for v in verdicts(trial / "plain_a", trial / f"slow{s}") if v.metric == gate.LATENCY]
-            target = [v for v in vs if f"-{model}-" in v.case and v.case.startswith("inference")]
-            others = [v for v in vs if v not in target]
+            injected = [v for v in vs if f"-{model}-" in v.case]  # its training steps are slowed too
+            target = [v for v in injected if v.case.startswith("inference")]
+            others = [v for v in vs if v not in injected]
             row[f"slow{s}"] = {
                 "flagged": sum(v.decision == gate.REGRESSION for v in target),
                 "cases": len(target),
                 "changes": [round(v.change, 4) for v in target if v.change is not None],
+                "finetune_flagged": [v.case for v in injected if v not in target and v.fails],
                 "false_alarms_elsewhere": [v.case for v in others if v.fails],
             }
         results["trials"].append(row)
