@@ -114,6 +114,7 @@ def summary(results: dict) -> dict:
             "trials_all_caught": sum(r["flagged"] == r["cases"] for r in rows),
             "cases_flagged": sum(r["flagged"] for r in rows),
             "cases": sum(r["cases"] for r in rows),
+            "injected_model_training_steps_flagged": sum(len(r.get("finetune_flagged", [])) for r in rows),
             "false_alarms_elsewhere": sum(len(r["false_alarms_elsewhere"]) for r in rows),
         }
     return out
