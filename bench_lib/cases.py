@@ -65,6 +65,14 @@ class Case:
             return self.mode + (COMPILE_SUFFIX if self.compile else "")
         return f"{self.optimizer}/{self.strategy}"
 
+    def with_variant(self, variant: str) -> Case:
+        """The case of this one's group named `variant` (the inverse of `variant`)."""
+        if self.suite == FINETUNE:
+            optimizer, strategy = variant.split("/")
+            return replace(self.group, optimizer=optimizer, strategy=strategy)
+        mode = variant.removesuffix(COMPILE_SUFFIX)
+        return replace(self.group, mode=mode, compile=COMPILED if mode != variant else "")
+
     @property
     def id(self) -> str:
         parts = [self.model, self.device, f"b{self.batch_size}"]

@@ -249,12 +249,8 @@ def measure_finetune_group(
     the ratios need it."""
     optimizers = dict.fromkeys(v.split("/")[0] for v in variants)
     wanted = list(dict.fromkeys([*(f"{o}/{FULL}" for o in optimizers), *variants]))
-    cases = {}
-    for v in wanted:
-        optimizer, strategy = v.split("/")
-        cases[v] = Case(
-            FINETUNE, spec.name, device.kind, "", batch_size, dtype, strategy=strategy, optimizer=optimizer
-        )
+    group = Case(FINETUNE, spec.name, device.kind, "", batch_size, dtype)
+    cases = {v: group.with_variant(v) for v in wanted}
     results: dict[str, CaseResult] = {}
     steps: dict[str, TrainStep] = {}
     metrics: dict[str, dict] = {}

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from bench_lib.cases import COMPILE_SUFFIX, COMPILED, INFERENCE, Case, Profile
+from bench_lib.cases import INFERENCE, Case, Profile
 from bench_lib.devices import Device
 from bench_lib.memory import RssPeak, SavedTensorCounter
 from bench_lib.models import ModelSpec
@@ -102,21 +102,10 @@ def measure_inference_group(
     adds them with `results.with_ratios`, after pooling processes).
     """
     measured = list(dict.fromkeys([REFERENCE_MODE, *modes]))
-    mode_of = {v: v.removesuffix(COMPILE_SUFFIX) for v in measured}
-    compiled = {v for v in measured if v.endswith(COMPILE_SUFFIX)}
-    cases = {
-        v: Case(
-            INFERENCE,
-            spec.name,
-            device.kind,
-            mode_of[v],
-            batch_size,
-            dtype,
-            compile=COMPILED if v in compiled else "",
-        )
-        for v in measured
-    }
-    context = {v: within(mode_context(mode_of[v]), autocast(device.kind, dtype)) for v in measured}
+    group = Case(INFERENCE, spec.name, device.kind, "", batch_size, dtype)
+    cases = {v: group.with_variant(v) for v in measured}
+    compiled = {v for v in measured if cases[v].compile}
+    context = {v: within(mode_context(cases[v].mode), autocast(device.kind, dtype)) for v in measured}
     try:
         torch.manual_seed(SEED)
         instance = spec.instantiate(batch_size)
@@ -145,7 +134,7 @@ def measure_inference_group(
             results[mode] = failure(cases[mode], exc)
             continue
         problem = semantics_violation(
-            mode_of[mode], output, metrics[mode].get("mem_saved_for_backward_bytes"), has_trainable
+            cases[mode].mode, output, metrics[mode].get("mem_saved_for_backward_bytes"), has_trainable
         )
         tolerance = TOLERANCE.get(dtype, COMPILED_TOLERANCE if mode in compiled else (1e-4, 1e-5))
         if problem is None and mode == REFERENCE_MODE:

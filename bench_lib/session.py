@@ -17,8 +17,6 @@ import pandas as pd
 
 from bench_lib.allocator import pin_glibc_malloc
 from bench_lib.cases import (
-    COMPILE_SUFFIX,
-    COMPILED,
     FINETUNE,
     INFERENCE,
     Case,
@@ -335,11 +333,7 @@ class BenchSession:
 
 
 def _case_of(case: Case, variant: str) -> Case:
-    if case.suite != FINETUNE:
-        mode, compiled = variant.removesuffix(COMPILE_SUFFIX), variant.endswith(COMPILE_SUFFIX)
-        return replace(case, mode=mode, compile=COMPILED if compiled else "")
-    optimizer, strategy = variant.split("/")
-    return replace(case, optimizer=optimizer, strategy=strategy)
+    return case.with_variant(variant)
 
 
 def _add_ratios(suite: str, results: dict[str, CaseResult]) -> dict[str, CaseResult]:
