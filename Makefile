@@ -100,7 +100,8 @@ baseline-memory: $(STAMP)
 
 # `make gate`: BASE (a git ref) is checked out in a worktree; it and this checkout are measured
 # REPEAT times each, alternately (ABAB), one worker process per group (each run is one sample of
-# the gate's test); then `bench_lib gate` decides. Reports and verdicts stay in results/gate/.
+# the gate's test); then `bench_lib gate` decides. Reports, verdicts and the gate's exit code (0 OK,
+# 1 regression, 3 undecided; make itself exits 2 on any of them) stay in results/gate/.
 BASE ?= origin/main
 REPEAT ?= 5
 GATE_ARGS ?=
@@ -117,7 +118,8 @@ gate: $(STAMP)
 	done
 	git worktree remove --force .bench-base
 	$(BIN)/python -m bench_lib gate results/gate/base results/gate/candidate \
-		--md results/gate/verdict.md --json results/gate/verdict.json $(GATE_ARGS)
+		--md results/gate/verdict.md --json results/gate/verdict.json $(GATE_ARGS); \
+		rc=$$?; echo $$rc > results/gate/exit_code; exit $$rc
 
 # No virtual environment: GPU machines often have no network; their python3 has torch etc.
 GPU_PYTHON ?= python3

@@ -4,7 +4,7 @@ injected slowdowns it catches (`make gate-audit`, or `python -m bench_lib.audit 
 Each trial measures, interleaved (plain, +s1, +s2, ..., plain, repeated `repeat` times), `2 *
 repeat` plain runs and `repeat` runs per injected slowdown of one model, each a fresh `pytest
 benchmarks/` process. Then it gates plain half A against plain half B (A/A: every failing verdict
-is a false alarm) and plain half A against each injected set (a slowdown is caught when the
+is a false alarm; exit 3, undecided, is counted apart) and plain half A against each injected set (a slowdown is caught when the
 injected model's inference cases are flagged as regressions; its training steps, whose forward is
 slowed too, are listed apart; a flagged case of another model is a false alarm). Figures are
 written to `audit.json` (`--evaluate-only`: gate saved runs again, into `audit.evaluated.json`).
@@ -70,7 +70,9 @@ def audit(
         aa = verdicts(trial / "plain_a", trial / "plain_b")
         row = {
             "trial": t,
+            "aa_exit_code": gate.exit_code(aa),
             "aa_false_alarms": [f"{v.case} {v.metric} {v.why}" for v in aa if v.fails],
+            "aa_undecided": [f"{v.case} {v.metric} {v.why}" for v in aa if v.undecided],
             "aa_inconclusive": sum(v.decision == gate.INCONCLUSIVE for v in aa),
             "aa_latency_verdicts": sum(v.metric == gate.LATENCY for v in aa),
         }
@@ -82,7 +84,9 @@ def audit(
             target = [v for v in injected if v.case.startswith("inference")]
             others = [v for v in vs if v not in injected]
             row[f"slow{s}"] = {
+                "exit_code": gate.exit_code(vs),
                 "flagged": sum(v.decision == gate.REGRESSION for v in target),
+                "undecided": sum(v.undecided for v in target),
                 "cases": len(target),
                 "changes": [round(v.change, 4) for v in target if v.change is not None],
                 "finetune_flagged": [v.case for v in injected if v not in target and v.fails],
@@ -102,6 +106,8 @@ def summary(results: dict) -> dict:
     out: dict = {
         "trials": len(trials),
         "aa_gates_with_false_alarms": sum(bool(t["aa_false_alarms"]) for t in trials),
+        "aa_exit_codes": [t.get("aa_exit_code") for t in trials],
+        "aa_gates_undecided": sum(t.get("aa_exit_code") == gate.EXIT_UNDECIDED for t in trials),
         "aa_false_alarms": sum(len(t["aa_false_alarms"]) for t in trials),
         "aa_inconclusive": sum(t["aa_inconclusive"] for t in trials),
         "aa_latency_verdicts": sum(t["aa_latency_verdicts"] for t in trials),
@@ -113,6 +119,8 @@ def summary(results: dict) -> dict:
             "trials_with_a_catch": sum(r["flagged"] > 0 for r in rows),
             "trials_all_caught": sum(r["flagged"] == r["cases"] for r in rows),
             "cases_flagged": sum(r["flagged"] for r in rows),
+            "cases_undecided": sum(r.get("undecided", 0) for r in rows),
+            "exit_codes": [r.get("exit_code") for r in rows],
             "cases": sum(r["cases"] for r in rows),
             "injected_model_training_steps_flagged": sum(len(r.get("finetune_flagged", [])) for r in rows),
             "false_alarms_elsewhere": sum(len(r["false_alarms_elsewhere"]) for r in rows),

@@ -1,5 +1,5 @@
 """`python -m bench_lib run | report | compare | gate`: one `UserError` boundary; exit 0, 1 (a
-case failed, or the gate found a regression) or 2 (bad input)."""
+case failed, or the gate found a regression), 2 (bad input) or 3 (the gate could not decide)."""
 
 from __future__ import annotations
 
@@ -137,6 +137,24 @@ def _side(spec: str) -> list[Path]:
     return [path]
 
 
+GATE_HELP = """\
+Gate a candidate against a baseline: a verdict for every case of the baseline.
+
+exit codes (the last line printed says which, why, and the counts):
+  0  every gated verdict cleared (an inconclusive latency test whose observed change stays within
+     the threshold clears, and is counted apart)
+  1  a regression: latency slower beyond the threshold and significantly beyond the margin; a
+     memory figure that changed (smaller too: update the baseline); or a case that succeeded in the
+     baseline and failed, ran out of memory or is absent in the candidate
+  2  bad input (a missing or malformed report or samples file, bad options)
+  3  undecided: nothing failed, but something could not be gated or decided: latency across
+     different machine fingerprints, memory across torch builds, too few runs or too much noise
+     while the observed slowdown is beyond the threshold, memory that differed between processes
+
+Rules per case pattern in [tool.bench_lib.gate] may make latency, memory, missing cases, ungated
+or inconclusive verdicts report-only (see the README)."""
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from bench_lib import gate
 
@@ -219,7 +237,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["console", "csv", "md", "html"], default="console")
     c.add_argument("--out", help="write to this file instead of standard output")
     c.set_defaults(func=cmd_compare)
-    g = sub.add_parser("gate", help="regression gate: exit 0 pass, 1 regression, 2 bad input")
+    g = sub.add_parser(
+        "gate",
+        help="regression gate: exit 0 cleared, 1 regression, 2 bad input, 3 undecided",
+        description=GATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g.add_argument("baseline", help="baseline report, or a folder of reports (several runs)")
     g.add_argument("candidate", help="candidate report, or a folder of reports")
     g.add_argument(

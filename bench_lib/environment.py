@@ -44,6 +44,7 @@ class Environment:
     gpu_driver: str
     gpu_memory_total_bytes: int | None
     cuda_version: str
+    cudnn_version: str
     torch_version: str
     python_version: str
     platform: str
@@ -86,6 +87,15 @@ def git_commit(path: Path | None = None) -> str:
         return ""
 
 
+def cudnn_version() -> str:
+    """cuDNN's version as torch reports it (e.g. 91002), "" where torch has no cuDNN."""
+    try:
+        version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    except RuntimeError:  # a cuDNN that fails to load
+        version = None
+    return str(version) if version else ""
+
+
 def machine_id(fields: dict[str, object]) -> str:
     """A stable 12-hex-digit hash of the hardware and software fingerprint (not the hostname)."""
     text = "|".join(f"{k}={fields.get(k, '')}" for k in MACHINE_ID_FIELDS)
@@ -107,6 +117,7 @@ def collect_environment(cpu_malloc: str = "default", nvml: object | None = None)
         "gpu_driver": gpus[0].driver if gpus else "",
         "gpu_memory_total_bytes": gpus[0].memory_total_bytes if gpus else None,
         "cuda_version": torch.version.cuda or "",
+        "cudnn_version": cudnn_version(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),

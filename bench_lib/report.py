@@ -186,8 +186,8 @@ def _gpu_flags(row: pd.Series) -> list[tuple[str, str]]:
 
 def noise_view(frame: pd.DataFrame) -> pd.DataFrame:
     """Cases that failed, and successful ones whose figures are not trustworthy: IQR above 10%
-    of the median, too few rounds for the p99 they report, another process on the GPU, or
-    GPU clocks slowed by power or temperature."""
+    of the median, too few rounds for the p99 they report, memory that differed between worker
+    processes, another process on the GPU, or GPU clocks slowed by power or temperature."""
     rows = []
     for _, row in frame.iterrows():
         label = Case.from_row(row).label
@@ -195,6 +195,9 @@ def noise_view(frame: pd.DataFrame) -> pd.DataFrame:
             rows.append((label, row["status"], row["error"]))
             continue
         rows += [(label, flag, why) for flag, why in _gpu_flags(row)]
+        varies = row.get("mem_disagreement")
+        if isinstance(varies, str) and varies:
+            rows.append((label, "memory varies", f"worker processes measured different bytes: {varies}"))
         if pd.isna(row["latency_ms_median"]):
             continue
         spread = row["latency_ms_iqr"] / row["latency_ms_median"] if row["latency_ms_median"] else 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench_lib.cases import Case
 from bench_lib.results import FAILED, OOM, CaseResult, describe_error
+from bench_lib.schema import DETERMINISTIC_MEMORY
 from bench_lib.timing import Samples
 from bench_lib.worker import run_request
 
@@ -106,7 +107,8 @@ def pool(parts: Sequence[Mapping[str, CaseResult]]) -> dict[str, CaseResult]:
 
     A variant that did not succeed in some process takes that process's status and error. For
     the others the samples are pooled (tagged by process) and the metrics come from the first
-    process; memory figures are deterministic, so every process measured the same bytes.
+    process. Memory figures should be deterministic: every process's are compared, and any that
+    differ are named in `mem_disagreement` (the gate then does not decide that case's memory).
     """
     out: dict[str, CaseResult] = {}
     for name in parts[0]:
@@ -116,5 +118,19 @@ def pool(parts: Sequence[Mapping[str, CaseResult]]) -> dict[str, CaseResult]:
             out[name] = bad
             continue
         samples = Samples.pooled([r.samples for r in results if r.samples is not None])
-        out[name] = replace(results[0], samples=samples)
+        metrics = {**results[0].metrics, "mem_disagreement": memory_disagreement(results)}
+        out[name] = replace(results[0], samples=samples, metrics=metrics)
     return out
+
+
+def memory_disagreement(results: Sequence[CaseResult]) -> str:
+    """`metric: v0 vs v1 vs ...` for each memory figure the processes measured differently
+    (`; `-joined), or "" when they agree. Byte counts of fixed shapes are deterministic, so a
+    difference is a finding: caching, lazy initialisation or state carried between variants."""
+    names = sorted({k for r in results for k in r.metrics if k in DETERMINISTIC_MEMORY})
+    differ = []
+    for metric in names:
+        values = [r.metrics.get(metric) for r in results]
+        if len(set(values)) > 1:
+            differ.append(f"{metric}: {' vs '.join(str(v) for v in values)}")
+    return "; ".join(differ)

@@ -5,6 +5,8 @@ Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when 
   2: adds `inject` (the deliberate regression of a gate audit run; empty otherwise).
   3: adds `compile` (key; empty = eager) and `compile_s`; the GPU-aware columns (CUDA allocator figures, NVML telemetry and energy, input
      transfer) and `input_bytes`; `dtype` now takes bfloat16 / float16 (autocast).
+  4: adds `mem_disagreement` (memory figures that differed between the worker processes of one
+     run; empty when they agreed) and `cudnn_version`.
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
 per-round latency samples of every case (long format), so statistics can be recomputed and the
@@ -26,7 +28,7 @@ from bench_lib.cases import KEY_FIELDS
 from bench_lib.errors import UserError
 from bench_lib.results import STATUSES
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("mem_grads_bytes", "int", "bytes", "finetune: the .grad tensors right after backward (= bytes of the trainable parameters)"),
     _C("mem_optimizer_state_bytes", "int", "bytes", "finetune: tensors in the optimizer state after a step (AdamW: exp_avg, exp_avg_sq, a 4-byte step per parameter; SGD: momentum buffers)"),
     _C("mem_activations_bytes", "int", "bytes", "finetune: bytes autograd saved for backward in the step's forward (parameters excluded), all alive at the end of the forward"),
+    _C("mem_disagreement", "str", "", "memory figures that differed between the worker processes of this run (`metric: a vs b`); empty when every process measured the same bytes. The gate does not decide memory of such a case"),
     _C("trainable_params", "int", "elements", "finetune: parameters with requires_grad"),
     _C("total_params", "int", "elements", "finetune: all parameters"),
     _C("frozen_blocks", "int", "blocks", "finetune: leading trunk blocks frozen (0 for full)"),
@@ -162,6 +165,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("gpu_driver", "str", "", "NVIDIA driver version from NVML"),
     _C("gpu_memory_total_bytes", "int", "bytes", "GPU 0 memory from NVML"),
     _C("cuda_version", "str", "", "CUDA version torch was built with (torch.version.cuda)"),
+    _C("cudnn_version", "str", "", "cuDNN version torch loads (torch.backends.cudnn.version()); empty without cuDNN"),
     _C("torch_version", "str", "", "torch.__version__"),
     _C("python_version", "str", "", "Python version"),
     _C("platform", "str", "", "platform.platform()"),
@@ -171,6 +175,17 @@ COLUMNS: tuple[Column, ...] = (
 # fmt: on
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 REQUIRED = ("schema_version", *(k for k in KEY_FIELDS if k != "compile"), "status")  # compile: since v3
+# Byte counts that are deterministic for fixed shapes (the gate gates them exactly, and the worker
+# processes of one run must agree on them). `cuda_max_reserved_bytes` is not: it follows fragmentation.
+DETERMINISTIC_MEMORY = (
+    "mem_peak_bytes",
+    "mem_saved_for_backward_bytes",
+    "mem_params_bytes",
+    "mem_grads_bytes",
+    "mem_optimizer_state_bytes",
+    "mem_activations_bytes",
+    "cuda_max_allocated_bytes",
+)
 SAMPLE_COLUMNS = ("run_id", *KEY_FIELDS, "process", "round", "latency_ms", "host_latency_ms")
 
 _DTYPES = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean"}
@@ -188,7 +203,14 @@ def _v2_to_v3(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="3")
 
 
-_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(
+        **{name: pd.NA for name in ("mem_disagreement", "cudnn_version") if name not in frame},
+        schema_version="4",
+    )
+
+
+_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

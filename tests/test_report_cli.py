@@ -30,6 +30,13 @@ def test_noise_section_flags_spread_few_rounds_and_failures():
     assert "no_grad: output has a grad_fn" in set(flags["why"])
     cuda = flags[flags["case"] == "inference-mlp-cuda-b32-bfloat16-no_grad"]
     assert {"disturbed", "throttled"} <= set(cuda["flag"])
+    assert "memory varies" not in set(flags["flag"])
+    varied = read_report(SMALL)
+    varied.loc[0, "mem_disagreement"] = "mem_peak_bytes: 512 vs 1024"
+    flags = noise_view(varied)
+    assert flags[flags["flag"] == "memory varies"]["why"].tolist() == [
+        "worker processes measured different bytes: mem_peak_bytes: 512 vs 1024"
+    ]
 
 
 def test_html_report_has_every_section_and_embedded_plots(tmp_path, capsys):
