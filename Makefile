@@ -14,7 +14,7 @@
 #   make gate-audit            false alarms and sensitivity of the gate (long: about 35 minutes)
 #   make gpu-check OUT=dir     on a GPU machine, with its own python3, nothing installed: CUDA tests,
 #                              a small benchmark, the GPU targets; CSV + reports in OUT
-#   make test                  the tests;   make lint   ruff
+#   make test                  the tests;   make lint   ruff and mypy
 # TORCH_SPEC picks the torch build, e.g. TORCH_SPEC="torch==2.11.0" or a wheel path.
 
 PYTHON ?= python3
@@ -62,6 +62,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .

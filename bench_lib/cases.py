@@ -10,6 +10,10 @@ from bench_lib.errors import UserError
 INFERENCE = "inference"
 FINETUNE = "finetune"
 RULER = "ruler"
+# The grad modes of an inference case, in report order; `grad` is the reference the ratios use.
+# (bench_lib.modes maps each to its torch context manager.)
+MODE_NAMES = ("grad", "no_grad", "inference_mode")
+REFERENCE_MODE = "grad"
 
 # The columns that identify a case across runs and machines (the join key of reports).
 KEY_FIELDS = ("suite", "model", "device", "mode", "batch_size", "dtype", "strategy", "optimizer", "compile")

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pandas as pd
 
 from bench_lib.errors import UserError
+from bench_lib.options import add_run_arguments
 from bench_lib.schema import write_text_atomic
 
 DEFAULT_REPORT = Path("results/latest.csv")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other bad input
         raise UserError(f"{self.prog}: {message}")
 
 
@@ -38,13 +40,12 @@ def _write(text: str, out: str | None) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-SUITES = ("inference", "finetune", "ruler")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Measure models (yours or the zoo's) without pytest: progress per case, then a summary."""
+    from bench_lib.options import run_values
     from bench_lib.report import render_summary
     from bench_lib.session import BenchSession, RunConfig, unavailable
+    from bench_lib.suites import SUITES
 
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     unknown = [s for s in suites if s not in SUITES]
@@ -52,25 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(
             f"unknown suite {unknown[0] if unknown else args.suites!r} (known: {', '.join(SUITES)})"
         )
-    config = RunConfig.parse(
-        profile=args.profile,
-        models=",".join(args.model),
-        batch_sizes=args.batch_sizes,
-        devices=args.devices,
-        modes=args.modes,
-        optimizers=args.optimizers,
-        processes=args.processes,
-        threads=args.threads,
-        results_dir=args.results_dir,
-        dtypes=args.dtypes,
-        compile=args.compile,
-    )
-    by_suite = {
-        "ruler": config.ruler_cases,
-        "inference": config.inference_cases,
-        "finetune": config.finetune_cases,
-    }
-    cases = [c for s in SUITES if s in suites for c in by_suite[s]()]
+    config = RunConfig.parse(**run_values(args))
+    cases = [c for name in SUITES if name in suites for c in config.cases_of(name)]
     for where in dict.fromkeys((c.device, c.dtype) for c in cases):
         reason = unavailable(next(c for c in cases if (c.device, c.dtype) == where))
         if reason:
@@ -110,7 +94,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     frame = load_results(args.reports or [DEFAULT_REPORT])
     if args.format == "html" and not args.out:
         raise UserError("--format html needs --out FILE")
-    render = {"console": report.render_console, "md": report.render_markdown, "html": report.render_html}
+    render: dict[str, Callable[[pd.DataFrame], str]] = {
+        "console": report.render_console,
+        "md": report.render_markdown,
+        "html": report.render_html,
+    }
     _write(render[args.format](frame), args.out)
     return 0
 
@@ -173,8 +161,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     elif args.only == "latency":
         overrides["memory"] = "report"
     config = gate.load_config(Path(args.config), overrides)
-    sides = [gate.load_side(_side(spec), args.unit) for spec in (args.baseline, args.candidate)]
-    verdicts = gate.gate(*sides, config)
+    baseline, candidate = (gate.load_side(_side(spec), args.unit) for spec in (args.baseline, args.candidate))
+    verdicts = gate.gate(baseline, candidate, config)
     if args.only:
         keep = gate.MEMORY_METRICS if args.only == "memory" else (gate.LATENCY,)
         verdicts = [v for v in verdicts if v.metric in keep or v.metric == "case"]
@@ -193,39 +181,13 @@ def parser() -> argparse.ArgumentParser:
         "run",
         help="measure models, e.g. your own: --model FILE.py:make_model (exit 1 when a case fails)",
     )
-    run.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        help="zoo name (mlp, cnn, ...), bert-base/gpt2 (hf extra), FILE.py:FUNCTION or package.module:FUNCTION; "
-        "repeatable (default: the zoo)",
-    )
+    add_run_arguments(run)
     run.add_argument(
         "--out", help="write the CSV report here (default: results/<run id>.csv and results/latest.csv)"
     )
-    run.add_argument("--profile", default="default", help="tiny, default, full or hf (default: default)")
-    run.add_argument("--batch-sizes", help="comma-separated batch sizes (default: the profile's)")
-    run.add_argument(
-        "--devices", default="auto", help="cpu, cuda or both (default: every one this machine has)"
-    )
-    run.add_argument("--modes", default="", help="grad, no_grad, inference_mode (default: all three)")
-    run.add_argument(
-        "--dtypes",
-        default="float32",
-        help="float32, bfloat16, float16: autocast precisions (default: float32)",
-    )
-    run.add_argument(
-        "--compile",
-        action="store_true",
-        help="also run each inference mode torch.compile'd (compile time reported apart)",
-    )
-    run.add_argument("--optimizers", default="", help="sgd, adamw (default: both)")
     run.add_argument(
         "--suites", default="inference,finetune", help="inference, finetune, ruler (default: the first two)"
     )
-    run.add_argument("--processes", default="", help="worker processes per group (default: the profile's)")
-    run.add_argument("--threads", default="1", help="torch threads, or 'default' (default: 1)")
-    run.add_argument("--results-dir", default="results", help="folder for the report without --out")
     run.set_defaults(func=cmd_run)
     r = sub.add_parser("report", help="summarize one or more reports")
     r.add_argument("reports", nargs="*", help=f"CSV reports (default {DEFAULT_REPORT})")
@@ -278,3 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def entry_point() -> None:
+    """The `bench-lib` console script."""
+    sys.exit(main())

@@ -87,7 +87,9 @@ def compare(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) 
         for label, v in zip(labels, values, strict=True):
             columns[f"{metric} [{label}]"] = v
         for label, v in zip(labels[1:], values[1:], strict=True):
-            columns[f"{metric} ratio [{label}]"] = (v.astype("Float64") / values[0].astype("Float64")).astype(
+            reference = values[0]
+            assert reference is not None and v is not None
+            columns[f"{metric} ratio [{label}]"] = (v.astype("Float64") / reference.astype("Float64")).astype(
                 "Float64"
             )
     table = pd.DataFrame(columns, index=common).reset_index()

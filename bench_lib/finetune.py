@@ -26,11 +26,11 @@ from bench_lib.memory import SavedTensorCounter, storage_bytes
 from bench_lib.models import ModelInstance, ModelSpec, StagedModel
 from bench_lib.precision import FLOAT32, autocast, grad_scaler
 from bench_lib.results import FAILED, CaseResult, failure
+from bench_lib.suites.finetune import FULL
 from bench_lib.telemetry import energy_columns
 from bench_lib.timing import Variant, measure_interleaved
 
 SEED = 0
-FULL = "full"
 NOGRAD = "frozen_nograd"
 
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {

@@ -209,7 +209,8 @@ def load_side(paths: Sequence[str | Path], unit: str = "run") -> Side:
         raise UserError(f"unknown unit {unit!r} (known: {', '.join(UNITS)})")
     if not paths:
         raise UserError("gate needs at least one report per side")
-    frames, medians = [], {}
+    frames: list[pd.DataFrame] = []
+    medians: dict[tuple[str, ...], list[float]] = {}
     for path in paths:
         frame = read_report(path)
         frames.append(frame)

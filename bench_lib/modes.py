@@ -14,14 +14,14 @@ from contextlib import AbstractContextManager
 import torch
 from torch.utils._pytree import tree_leaves
 
+from bench_lib.cases import MODE_NAMES, REFERENCE_MODE
 from bench_lib.errors import UserError
 
-MODES: dict[str, Callable[[], AbstractContextManager[object]]] = {
-    "grad": torch.enable_grad,
-    "no_grad": torch.no_grad,
-    "inference_mode": torch.inference_mode,
-}
-REFERENCE_MODE = "grad"
+__all__ = ["MODES", "REFERENCE_MODE", "mode_context", "outputs_mismatch", "semantics_violation"]
+
+MODES: dict[str, Callable[[], AbstractContextManager[object]]] = dict(
+    zip(MODE_NAMES, (torch.enable_grad, torch.no_grad, torch.inference_mode), strict=True)
+)
 
 
 def mode_context(mode: str) -> Callable[[], AbstractContextManager[object]]:

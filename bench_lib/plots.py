@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bench_lib.modes import MODES
+from bench_lib.cases import MODE_NAMES
 
 MIB = 2**20
 
@@ -43,7 +43,7 @@ def _per_model_device(frame: pd.DataFrame, column: str, label: str, scale: float
         ["model", "device", "dtype", "compile"], sort=False
     ):
         table = group.pivot_table(index="batch_size", columns="mode", values=column, aggfunc="first")
-        table = table[[m for m in MODES if m in table.columns]].astype(float) * scale
+        table = table[[m for m in MODE_NAMES if m in table.columns]].astype(float) * scale
         fig, ax = plt.subplots(figsize=(5, 3))
         table.plot.bar(ax=ax, rot=0)
         precision = ("" if dtype == "float32" else f", {dtype} autocast") + (", compiled" if compiled else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from functools import cache
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ def within(
     return combined
 
 
-def unsupported_reason(kind: str, dtype: str, cuda: object | None = None) -> str | None:
+def unsupported_reason(kind: str, dtype: str, cuda: Any | None = None) -> str | None:
     """Why `dtype` cannot run on this device kind here, or None."""
     if dtype == FLOAT32:
         return None

@@ -8,8 +8,7 @@ import math
 
 import pandas as pd
 
-from bench_lib.cases import Case
-from bench_lib.modes import MODES, REFERENCE_MODE
+from bench_lib.cases import MODE_NAMES, REFERENCE_MODE, Case
 from bench_lib.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
 from bench_lib.telemetry import SLOWDOWNS
 
@@ -46,7 +45,7 @@ def inference_table(frame: pd.DataFrame) -> pd.DataFrame:
         aggfunc="first",
         dropna=False,
     )
-    modes = [m for m in MODES if m in ok["mode"].unique()]
+    modes = [m for m in MODE_NAMES if m in ok["mode"].unique()]
     table = table.reindex(columns=pd.MultiIndex.from_product([values, modes]))
     return table.dropna(how="all")  # dropna=False above also made index combinations never measured
 
@@ -208,21 +207,9 @@ def noise_view(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["case", "flag", "why"])
 
 
-SECTIONS = (
-    ("Environment", environment_view, "The machines and settings the figures come from."),
-    (
-        "Inference",
-        inference_view,
-        "Median latency per call (ms), ratio to grad (x, eager grad mode, measured interleaved: below 1 "
-        "is faster), peak tensor memory of one forward, bytes saved for backward under grad; compile: "
-        "eager or torch.compile (inductor; its compile time is the compile_s column).",
-    ),
-    (
-        "Fine-tuning",
-        finetune_view,
-        "Median time of one training step (ms), ratio to full (x, interleaved), memory by category; "
-        "total = params + grads + opt state + activations; saving against full.",
-    ),
+# The report's own sections; each suite adds its sections between them (`Suite.report_sections`).
+BEFORE_SUITES = (("Environment", environment_view, "The machines and settings the figures come from."),)
+AFTER_SUITES = (
     (
         "GPU",
         gpu_view,
@@ -230,23 +217,18 @@ SECTIONS = (
         "dispatch overhead), input copy to the GPU from pageable and pinned memory, energy per item and "
         "mean power (NVML), allocator peaks, SM clock before->after and clock-event reasons after.",
     ),
-    (
-        "Calibration ruler",
-        ruler_view,
-        "Median ms of fixed workloads: a 512x512 matmul, a 16 MiB copy, 100 tiny adds: the machine's own speed.",
-    ),
     ("Noise and failures", noise_view, "Cases whose figures should not be trusted, and why."),
 )
 
 
 def sections(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """The report's sections, computed (title, explanation, table); empty tables left out."""
-    out = []
-    for title, view, text in SECTIONS:
-        table = view(frame)
-        if not table.empty:
-            out.append((title, text, table))
-    return out
+    from bench_lib.suites import SUITES
+
+    computed = [(title, text, view(frame)) for title, view, text in BEFORE_SUITES]
+    computed += [section for suite in SUITES.values() for section in suite.report_sections(frame)]
+    computed += [(title, text, view(frame)) for title, view, text in AFTER_SUITES]
+    return [(title, text, table) for title, text, table in computed if not table.empty]
 
 
 def render_console(frame: pd.DataFrame, environment: bool = True) -> str:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
-
-import torch
+from typing import Any, TypeVar
 
 from bench_lib.cases import Case
-from bench_lib.stats import paired_ratio
-from bench_lib.timing import Samples
+from bench_lib.stats import Samples, paired_ratio
 
+K = TypeVar("K")
 OK, FAILED, OOM = "ok", "failed", "oom"
 STATUSES = (OK, FAILED, OOM)
 
@@ -98,25 +96,27 @@ class CaseResult:
         return row
 
 
-def with_ratios(results: Mapping[str, CaseResult], reference: str, column: str) -> dict[str, CaseResult]:
+def with_ratios(results: Mapping[K, CaseResult], reference: K | None, column: str) -> dict[K, CaseResult]:
     """Add `column`, each result's latency ratio to the `reference` result's, to the metrics.
 
     The ratio is paired: per process, median over the reference's median from the same
     interleaved rounds, then the mean across processes (see `stats.paired_ratio`). None when
     the reference has no samples.
     """
-    ref = results.get(reference)
+    ref = results.get(reference) if reference is not None else None
     out = {}
-    for name, result in results.items():
+    for key, result in results.items():
         ratio = None
         if result.samples is not None and ref is not None and ref.samples is not None:
             ratio = paired_ratio(result.samples.by_process(), ref.samples.by_process())
-        out[name] = replace(result, metrics={**result.metrics, column: ratio}) if result.ok else result
+        out[key] = replace(result, metrics={**result.metrics, column: ratio}) if result.ok else result
     return out
 
 
 def failure(case: Case, exc: BaseException, **metrics: Any) -> CaseResult:
     """A result for a case that raised: `oom` for out-of-memory errors, `failed` otherwise."""
+    import torch  # the measuring side only: records stay importable without torch
+
     status = OOM if isinstance(exc, torch.OutOfMemoryError) else FAILED
     return CaseResult(case, status=status, error=describe_error(exc), metrics=metrics)
 

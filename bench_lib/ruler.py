@@ -17,7 +17,10 @@ import torch
 from bench_lib.cases import RULER, Case, Profile
 from bench_lib.devices import Device
 from bench_lib.results import CaseResult, failure
+from bench_lib.suites.ruler import RULERS
 from bench_lib.timing import Variant, measure_interleaved
+
+__all__ = ["RULERS", "RULER_MODEL", "measure_ruler_group"]
 
 RULER_MODEL = "ruler"
 MATMUL_N = 512
@@ -38,9 +41,6 @@ def _workloads(device: str) -> dict[str, Callable[[], object]]:
             x = x + 1
 
     return {"matmul": lambda: torch.mm(a, b), "copy": lambda: dst.copy_(src), "tiny_ops": tiny_ops}
-
-
-RULERS = ("matmul", "copy", "tiny_ops")
 
 
 def measure_ruler_group(device: Device, profile: Profile, variants: Sequence[str]) -> dict[str, CaseResult]:

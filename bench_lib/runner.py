@@ -13,7 +13,7 @@ from typing import Any
 from bench_lib.cases import Case
 from bench_lib.results import FAILED, OOM, CaseResult, describe_error
 from bench_lib.schema import DETERMINISTIC_MEMORY
-from bench_lib.timing import Samples
+from bench_lib.stats import Samples
 from bench_lib.worker import run_request
 
 WORKER_TIMEOUT_S = 1800
@@ -37,7 +37,7 @@ def run_group(
 START_METHODS = ("forkserver", "spawn")
 
 
-def _context(method: str) -> multiprocessing.context.BaseContext:
+def _context(method: str) -> Any:
     """How workers start.
 
     - `forkserver` (default): workers fork from a server process that imported torch and bench_lib
@@ -60,7 +60,7 @@ def _context(method: str) -> multiprocessing.context.BaseContext:
     return _CONTEXTS[method]
 
 
-_CONTEXTS: dict[str, multiprocessing.context.BaseContext] = {}
+_CONTEXTS: dict[str, Any] = {}  # multiprocessing contexts (typeshed's BaseContext lacks Process)
 
 
 def _child(request: Mapping[str, Any], conn: Connection) -> None:

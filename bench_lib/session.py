@@ -16,31 +16,20 @@ from pathlib import Path
 import pandas as pd
 
 from bench_lib.allocator import pin_glibc_malloc
-from bench_lib.cases import (
-    FINETUNE,
-    INFERENCE,
-    Case,
-    Profile,
-    finetune_cases,
-    get_profile,
-    inference_cases,
-    parse_list,
-    ruler_cases,
-)
+from bench_lib.cases import MODE_NAMES, Case, Profile, get_profile, parse_list
 from bench_lib.devices import parse_device_kinds, unavailable_reason
 from bench_lib.environment import Environment, collect_environment, torch_threads
 from bench_lib.errors import UserError
-from bench_lib.finetune import FULL, OPTIMIZERS, strategy_names
+from bench_lib.finetune import OPTIMIZERS
 from bench_lib.inject import parse_injection
 from bench_lib.models import OPTIONAL, ZOO, get_model
 from bench_lib.models.hf import transformers_module
-from bench_lib.modes import MODES, REFERENCE_MODE
 from bench_lib.plugins import absolute_reference, check_user_model, is_reference
 from bench_lib.precision import parse_dtypes, unsupported_reason
-from bench_lib.results import OOM, CaseResult, with_ratios
-from bench_lib.ruler import RULERS
+from bench_lib.results import OOM, CaseResult
 from bench_lib.runner import START_METHODS, run_group
 from bench_lib.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
+from bench_lib.suites import SUITES
 
 DEFAULT_THREADS = 1  # like torch.utils.benchmark: steadier figures; BENCH_THREADS overrides
 
@@ -52,7 +41,7 @@ class RunConfig:
     profile: Profile
     models: tuple[str, ...]
     devices: tuple[str, ...]
-    modes: tuple[str, ...] = tuple(MODES)
+    modes: tuple[str, ...] = MODE_NAMES
     threads: int | None = DEFAULT_THREADS
     results_dir: Path = Path("results")
     pin_malloc: bool = True
@@ -96,7 +85,7 @@ class RunConfig:
             profile=chosen,
             models=parse_models(models, chosen.models or default_models()),
             devices=tuple(parse_device_kinds(devices)),
-            modes=tuple(parse_list(modes, list(MODES), "mode")),
+            modes=tuple(parse_list(modes, list(MODE_NAMES), "mode")),
             threads=None
             if threads == "default"
             else _parse_count(threads or str(DEFAULT_THREADS), "threads"),
@@ -125,22 +114,13 @@ class RunConfig:
         """What a worker loads for the model called `name` (the ruler is not a model: itself)."""
         return dict(zip(self.model_names, self.models, strict=True)).get(name, name)
 
-    def inference_cases(self) -> list[Case]:
-        return inference_cases(
-            self.profile, self.model_names, self.devices, self.modes, self.dtypes, self.compile
-        )
-
-    def finetune_cases(self) -> list[Case]:
-        strategies_of = {get_model(m).name: strategy_names(get_model(m)) for m in self.models}
-        return finetune_cases(
-            self.profile, self.model_names, self.devices, self.optimizers, strategies_of, self.dtypes
-        )
-
-    def ruler_cases(self) -> list[Case]:
-        return ruler_cases(self.devices, RULERS)
+    def cases_of(self, suite: str) -> list[Case]:
+        """The cases of one suite (`bench_lib.suites`) this run asks for."""
+        return SUITES[suite].cases(self)
 
     def cases(self) -> list[Case]:
-        return self.ruler_cases() + self.inference_cases() + self.finetune_cases()
+        """Every case of the run, suite by suite in the suites' order."""
+        return [case for suite in SUITES.values() for case in suite.cases(self)]
 
 
 def unavailable(case: Case) -> str | None:
@@ -278,72 +258,48 @@ class BenchSession:
         with torch_threads(config.threads):  # so the fingerprint records the workers' setting
             self.env = collect_environment(cpu_malloc=malloc)
         self.writer = ReportWriter(config.results_dir, self.env, config.profile.name, config.inject, out=out)
-        self._groups: dict[Case, dict[str, CaseResult]] = {}
+        self._groups: dict[Case, dict[Case, CaseResult]] = {}
         self._oom_batch: dict[tuple[str, str, str, str], int] = {}  # smallest batch that ran out
         self._cases = config.cases()
 
-    def _request(self, case: Case, variants: list[str]) -> dict:
+    def _request(self, group: Case, cases: list[Case]) -> dict:
         return {
-            "suite": case.suite,
-            "model": self.config.model_reference(case.model),
-            "device": case.device,
-            "batch_size": case.batch_size,
-            "dtype": case.dtype,
-            "variants": variants,
+            "cases": [asdict(c) for c in cases],
+            "model": self.config.model_reference(group.model),
             "profile": asdict(self.config.profile),
             "threads": self.config.threads,
             "pin_malloc": self.config.pin_malloc,
             "inject": self.config.inject,
         }
 
-    def _variants(self, group: Case) -> list[str]:
-        """Every variant of `group` this run asks for (a group is measured once, as a whole)."""
-        return [c.variant for c in self._cases if c.group == group]
-
     def result(self, case: Case) -> CaseResult:
         """The result of `case`, measuring its whole group (interleaved, in the profile's worker
         processes) the first time; the result is added to the report."""
         group = case.group
         if group not in self._groups:
-            # the suites add the reference variants (grad, full) that the ratios need
-            variants = self._variants(group) or [case.variant]
-            cases = {v: _case_of(case, v) for v in variants}
+            # a group is measured once, as a whole: every case of it this run asks for (the
+            # suites add the reference cases, grad or full, that the ratios need)
+            cases = [c for c in self._cases if c.group == group] or [case]
             where = (group.suite, group.model, group.device, group.dtype)
             limit = self._oom_batch.get(where)
             if limit is not None and group.batch_size >= limit:  # known to exceed the device
                 why = f"not run: batch size {limit} already ran out of memory on {group.device}"
-                self._groups[group] = {v: CaseResult(c, OOM, why) for v, c in cases.items()}
+                self._groups[group] = {c: CaseResult(c, OOM, why) for c in cases}
             else:
                 pooled = run_group(
-                    self._request(case, variants),
-                    cases,
+                    self._request(group, cases),
+                    {c.variant: c for c in cases},
                     self.config.profile.processes,
                     self.config.start_method,
                 )
                 if any(r.status == OOM for r in pooled.values()):
                     self._oom_batch[where] = min(group.batch_size, limit or group.batch_size)
-                self._groups[group] = _add_ratios(case.suite, pooled)
-        result = self._groups[group][case.variant]
+                by_case = {r.case: r for r in pooled.values()}
+                self._groups[group] = SUITES[group.suite].add_ratios(by_case)
+        result = self._groups[group][case]
         self.writer.add(result)
         return result
 
     def close(self) -> Path | None:
         """Finish the report: copy it to latest.csv."""
         return self.writer.finish()
-
-
-def _case_of(case: Case, variant: str) -> Case:
-    return case.with_variant(variant)
-
-
-def _add_ratios(suite: str, results: dict[str, CaseResult]) -> dict[str, CaseResult]:
-    """Each case's latency ratio to its reference: grad mode, or `full` with the same optimizer."""
-    if suite == INFERENCE:
-        return with_ratios(results, REFERENCE_MODE, "latency_ratio_to_grad")
-    if suite != FINETUNE:
-        return results
-    out: dict[str, CaseResult] = {}
-    for optimizer in dict.fromkeys(v.split("/")[0] for v in results):
-        subset = {v: r for v, r in results.items() if v.startswith(f"{optimizer}/")}
-        out |= with_ratios(subset, f"{optimizer}/{FULL}", "latency_ratio_to_full")
-    return {v: out[v] for v in results}

@@ -1,4 +1,5 @@
-"""Summary statistics of latency samples, computed from the raw samples and never stored alone."""
+"""Raw latency samples (`Samples`) and their summary statistics, computed from the samples and
+never stored alone. Pure Python and numpy: the analysis side reads these without torch."""
 
 from __future__ import annotations
 
@@ -81,3 +82,68 @@ def ratio_of_medians(samples_ms: Sequence[float], reference_ms: Sequence[float])
     if reference <= 0:
         raise ValueError("reference median must be positive")
     return float(np.median(samples_ms)) / reference
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Raw timings of one variant: one sample per round, each the mean time of one call in ms.
+
+    `device_ms` holds CUDA-event times (None on the CPU); `host_ms` host wall times.
+    `process` gives, per round, the index of the worker process that measured it (all 0 for
+    samples from one process); `warmup_rounds` is per process.
+    """
+
+    iterations: int
+    host_ms: tuple[float, ...]
+    device_ms: tuple[float, ...] | None = None
+    warmup_rounds: int = 0
+    process: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError("iterations must be >= 1")
+        if not self.host_ms:
+            raise ValueError("no rounds recorded")
+        if self.device_ms is not None and len(self.device_ms) != len(self.host_ms):
+            raise ValueError("host and device samples differ in length")
+        if not self.process:
+            object.__setattr__(self, "process", (0,) * len(self.host_ms))
+        if len(self.process) != len(self.host_ms):
+            raise ValueError("process indices and samples differ in length")
+
+    @classmethod
+    def pooled(cls, parts: Sequence[Samples]) -> Samples:
+        """The samples of several processes as one, each round tagged with its part's index."""
+        if not parts or len({p.iterations for p in parts}) != 1:
+            raise ValueError("need samples with the same iterations per round")
+        device_parts = [p.device_ms for p in parts if p.device_ms is not None]
+        device = sum(device_parts, ()) if len(device_parts) == len(parts) else None
+        return cls(
+            iterations=parts[0].iterations,
+            host_ms=sum((p.host_ms for p in parts), ()),
+            device_ms=device,
+            warmup_rounds=parts[0].warmup_rounds,
+            process=sum(((i,) * p.rounds for i, p in enumerate(parts)), ()),
+        )
+
+    def by_process(self) -> dict[int, tuple[float, ...]]:
+        """The primary samples of each process."""
+        out: dict[int, list[float]] = {}
+        for proc, value in zip(self.process, self.primary_ms, strict=True):
+            out.setdefault(proc, []).append(value)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @property
+    def primary_ms(self) -> tuple[float, ...]:
+        """Device time where measured (CUDA events), host time otherwise."""
+        return self.device_ms if self.device_ms is not None else self.host_ms
+
+    @property
+    def rounds(self) -> int:
+        return len(self.host_ms)
+
+    def stats(self) -> LatencyStats:
+        return summarize(self.primary_ms)
+
+    def host_stats(self) -> LatencyStats:
+        return summarize(self.host_ms)

@@ -5,13 +5,6 @@ The modes of one model, device and batch size are measured together, interleaved
 when the first of them runs; each test then reports its own mode.
 """
 
-import pytest
 
-from conftest import report_to_pytest_benchmark
-
-
-def test_inference(benchmark, inference_case, bench_session):
-    result = bench_session.result(inference_case)
-    report_to_pytest_benchmark(benchmark, result)
-    if not result.ok:
-        pytest.fail(f"{result.status}: {result.error}", pytrace=False)
+def test_inference(bench_measure, inference_case):
+    bench_measure(inference_case)

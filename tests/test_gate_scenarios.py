@@ -17,7 +17,7 @@ from bench_lib import gate
 from bench_lib.cli import main
 from bench_lib.results import CaseResult
 from bench_lib.runner import memory_disagreement, pool
-from bench_lib.timing import Samples
+from bench_lib.stats import Samples
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE = dict(suite="inference", model="mlp", device="cpu", mode="no_grad", batch_size=1)

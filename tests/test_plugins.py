@@ -152,11 +152,11 @@ def test_a_run_config_names_cases_after_the_model_and_sends_workers_the_referenc
     config = RunConfig.parse(profile="tiny", models=f"mlp,{TRAINABLE}", devices="cpu")
     assert config.model_names == ("mlp", "custom_model.make_trainable")
     assert config.model_reference("custom_model.make_trainable") == TRAINABLE
-    finetune = config.finetune_cases()
+    finetune = config.cases_of("finetune")
     assert {c.strategy for c in finetune if c.model == "custom_model.make_trainable"} == {
         "full", "frozen_2", "frozen_4", "frozen_nograd"
     }  # fmt: skip
-    assert config.inference_cases()[0].batch_size == 1
+    assert config.cases_of("inference")[0].batch_size == 1
 
 
 def test_batch_sizes_override_the_profile():

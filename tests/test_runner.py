@@ -7,22 +7,22 @@ import pytest
 from bench_lib.cases import PROFILES, Case
 from bench_lib.results import CaseResult, with_ratios
 from bench_lib.runner import pool, run_group
-from bench_lib.stats import paired_ratio
-from bench_lib.timing import Samples
+from bench_lib.stats import Samples, paired_ratio
 
 CASE = Case("inference", "polynomial", "cpu", "grad", 2)
 
 
-def request(model="polynomial", **extra):
-    return {
-        "suite": "inference", "model": model, "device": "cpu", "batch_size": 2,
-        "variants": ["grad", "no_grad"], "profile": asdict(PROFILES["tiny"]),
-        "threads": 1, "pin_malloc": True, **extra,
-    }  # fmt: skip
-
-
 def cases(model="polynomial"):
     return {m: Case("inference", model, "cpu", m, 2) for m in ("grad", "no_grad")}
+
+
+def request(model="polynomial", **extra):
+    """What the session sends a worker: the group's cases (not variant strings), the model, the
+    profile and the run's settings."""
+    return {
+        "cases": [asdict(c) for c in cases(model).values()], "model": model,
+        "profile": asdict(PROFILES["tiny"]), "threads": 1, "pin_malloc": True, **extra,
+    }  # fmt: skip
 
 
 def ok(mode, host_ms, **metrics):

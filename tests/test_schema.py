@@ -19,7 +19,7 @@ from bench_lib.schema import (
     write_csv_atomic,
 )
 from bench_lib.session import ReportWriter
-from bench_lib.timing import Samples
+from bench_lib.stats import Samples
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "results.md"
 

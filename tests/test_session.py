@@ -15,7 +15,7 @@ def test_defaults():
 
 def test_selection_and_case_expansion():
     config = RunConfig.parse(profile="tiny", models="transformer,mlp", devices="cpu", modes="no_grad")
-    cases = config.inference_cases()
+    cases = config.cases_of("inference")
     assert [c.id for c in cases] == [
         "transformer-cpu-b1-no_grad",
         "transformer-cpu-b4-no_grad",

@@ -1,0 +1,74 @@
+"""The fine-tuning suite: training steps with frozen blocks (`full`, `frozen_<k>`,
+`frozen_nograd`) under each optimizer, with step-time ratios to `full` of the same optimizer.
+The measuring is in `bench_lib.finetune`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from bench_lib.cases import FINETUNE, Case, finetune_cases
+from bench_lib.suites import Section, Suite, register
+
+if TYPE_CHECKING:
+    from bench_lib.devices import Device
+    from bench_lib.results import CaseResult
+    from bench_lib.session import RunConfig
+
+FULL = "full"  # the reference strategy of each optimizer
+TEXT = (
+    "Median time of one training step (ms), ratio to full (x, interleaved), memory by category; "
+    "total = params + grads + opt state + activations; saving against full."
+)
+
+
+class FinetuneSuite(Suite):
+    name = FINETUNE
+    order = 2
+
+    def cases(self, config: RunConfig) -> list[Case]:
+        from bench_lib.finetune import strategy_names
+        from bench_lib.models import get_model
+
+        strategies_of = {get_model(m).name: strategy_names(get_model(m)) for m in config.models}
+        return finetune_cases(
+            config.profile,
+            config.model_names,
+            config.devices,
+            config.optimizers,
+            strategies_of,
+            config.dtypes,
+        )
+
+    def measure(
+        self, group: Case, cases: Sequence[Case], request: Mapping[str, Any], device: Device
+    ) -> dict[Case, CaseResult]:
+        from bench_lib.finetune import measure_finetune_group
+        from bench_lib.worker import model_spec, profile_of
+
+        results = measure_finetune_group(
+            model_spec(request), device, group.batch_size, profile_of(request),
+            [c.variant for c in cases], dtype=group.dtype,
+        )  # fmt: skip
+        return {r.case: r for r in results.values()}
+
+    def add_ratios(self, results: Mapping[Case, CaseResult]) -> dict[Case, CaseResult]:
+        """Each optimizer's strategies against its own `full` step."""
+        from bench_lib.results import with_ratios
+
+        out: dict[Case, CaseResult] = {}
+        for optimizer in dict.fromkeys(c.optimizer for c in results):
+            subset = {c: r for c, r in results.items() if c.optimizer == optimizer}
+            reference = next((c for c in subset if c.strategy == FULL), None)
+            out |= with_ratios(subset, reference, "latency_ratio_to_full")
+        return {c: out[c] for c in results}
+
+    def report_sections(self, frame: pd.DataFrame) -> list[Section]:
+        from bench_lib.report import finetune_view
+
+        return [("Fine-tuning", TEXT, finetune_view(frame))]
+
+
+register(FinetuneSuite())
