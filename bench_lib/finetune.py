@@ -440,7 +440,7 @@ def measure_finetune_group(
             strategy = by_name[strategy_name]
             promises[variant] = promise(start, strategy)
             step = TrainStep(copy.deepcopy(start), strategy, optimizer, device, dtype)
-            frozen_before[variant] = frozen_state(step.model, promises[variant])
+            frozen = frozen_state(step.model, promises[variant])  # before the first step
             loss = step()  # first step: optimizer state comes into being
             metrics[variant] = step.measure_memory(device) | {
                 "trainable_params": sum(p.numel() for p in step.trainable),
@@ -462,6 +462,7 @@ def measure_finetune_group(
             results[variant] = failure(case, exc, **metrics.get(variant, {}))
             continue
         steps[variant] = step
+        frozen_before[variant] = frozen
         trainable_before[variant] = trainable_state(step.model, promises[variant])
 
     del start
