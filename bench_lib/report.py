@@ -218,7 +218,8 @@ SECTIONS = (
         "Fine-tuning",
         finetune_view,
         "Median time of one training step (ms), ratio to full (x, interleaved), memory by category; "
-        "total = params + grads + opt state + activations; saving against full.",
+        "total = params + grads + opt state + activations; saving against full. Frozen blocks run in "
+        "eval(): their BatchNorm statistics and dropout are frozen with their weights.",
     ),
     (
         "GPU",

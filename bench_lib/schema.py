@@ -118,7 +118,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("mem_activations_bytes", "int", "bytes", "finetune: bytes autograd saved for backward in the step's forward (parameters excluded), all alive at the end of the forward"),
     _C("trainable_params", "int", "elements", "finetune: parameters with requires_grad"),
     _C("total_params", "int", "elements", "finetune: all parameters"),
-    _C("frozen_blocks", "int", "blocks", "finetune: leading trunk blocks frozen (0 for full)"),
+    _C("frozen_blocks", "int", "blocks", "finetune: leading trunk blocks frozen (0 for full); frozen blocks run in eval(), so their BatchNorm statistics and dropout are frozen too"),
     _C(
         "rss_peak_delta_bytes",
         "int",
