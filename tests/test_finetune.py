@@ -316,6 +316,46 @@ def test_a_frozen_nograd_that_forgets_no_grad_fails(monkeypatch):
     assert results["sgd/full"].ok
 
 
+class AddsABias(nn.Module):
+    """A frozen block that turns autograd back on for an addition (which saves nothing for
+    backward): only the requires_grad of its output shows that no_grad did not hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(WIDTH))
+
+    def forward(self, x):
+        with torch.enable_grad():
+            return x + self.bias
+
+
+def test_a_frozen_block_whose_output_requires_grad_fails_frozen_nograd():
+    results = run_group(spec_of(lambda: Net(linear_block(), AddsABias())), ["sgd/frozen_nograd"])
+    assert failed_with(results["sgd/frozen_nograd"], "frozen_nograd: frozen block 1's output requires grad")
+
+
+class ScalesItsInput(Net):
+    """A trainable parameter before the frozen blocks (like a tied embedding): frozen_2 trains it
+    through the frozen blocks, frozen_nograd cannot (no gradient crosses blocks run under no_grad)."""
+
+    def __init__(self, *blocks):
+        super().__init__(*blocks)
+        self.scale = nn.Parameter(torch.ones(WIDTH))
+
+    def forward_stages(self, x, start=0, stop=None):
+        return super().forward_stages(x * self.scale if start == 0 else x, start, stop)
+
+
+def test_a_frozen_nograd_that_trains_other_parameters_than_frozen_n_fails():
+    results = run_group(
+        spec_of(lambda: ScalesItsInput(linear_block(), linear_block())), ["sgd/frozen_nograd"]
+    )
+    assert failed_with(
+        results["sgd/frozen_nograd"],
+        "frozen_nograd and frozen_2 give gradients to different parameters: scale",
+    )
+
+
 class OtherFunctionWithoutGrad(nn.Module):
     """Computes something else when grad is off: frozen_nograd trains on other features."""
 
@@ -348,6 +388,9 @@ def test_check_after_steps_names_each_broken_promise():
     )  # no step since the snapshot
     step()
     assert check_after_steps(step, promised, frozen, trainable) is None
+    step.frozen[0].grad = torch.zeros_like(step.frozen[0])
+    assert "1 frozen parameters have a .grad" in check_after_steps(step, promised, frozen, trainable)
+    step.frozen[0].grad = None
     with torch.no_grad():
         step.frozen[0].add_(1.0)
     assert "1 frozen parameters changed" in check_after_steps(step, promised, frozen, trainable)
