@@ -7,6 +7,11 @@ Strategies for a model with n trunk blocks (the head is always trained):
 - `frozen_nograd`: the same n frozen blocks, run under `torch.no_grad()` as a feature extractor,
   only the head in autograd. It trains the same parameters as `frozen_<n>`: head-only training
   done the other way, so the two are compared rather than a separate `head_only` case.
+
+Frozen means frozen: frozen blocks run in `eval()` (the common practice), so BatchNorm running
+statistics and dropout are frozen with the weights; the rest of the model trains in `train()`.
+The checks (`check_after_steps`, `nograd_trunk_violation`, `nograd_mismatch`) test each promise
+against what the strategy says, worked out apart from the `TrainStep` that applies it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from functools import cache
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from bench_lib.cases import FINETUNE, Case, Profile
 from bench_lib.devices import Device
@@ -96,7 +102,8 @@ class TrainStep:
     """One model, optimizer and batch; calling it runs one training step.
 
     A step is forward, loss, backward, optimizer step, `zero_grad(set_to_none=True)`. The model
-    is in `train()` mode; the optimizer is built over the trainable parameters only. The
+    is in `train()` mode except the frozen blocks, which are in `eval()` (BatchNorm statistics
+    and dropout frozen too); the optimizer is built over the trainable parameters only. The
     instance is used as is (pass a copy to keep the original).
     """
 
@@ -112,12 +119,12 @@ class TrainStep:
             raise ValueError("the model has no blocks, loss and target for fine-tuning")
         self.model = instance.model.to(device.name).train()
         self.strategy = strategy
-        frozen_blocks = list(instance.blocks)[: strategy.frozen_blocks]
-        for block in frozen_blocks:
-            block.requires_grad_(False)
+        self.frozen_modules = list(instance.blocks)[: strategy.frozen_blocks]
+        for block in self.frozen_modules:
+            block.requires_grad_(False).eval()
         self._staged = isinstance(self.model, StagedModel)
         if strategy.nograd and not self._staged:
-            _NoGradBlocks(frozen_blocks)
+            _NoGradBlocks(self.frozen_modules)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.frozen = [p for p in self.model.parameters() if not p.requires_grad]
         self.optimizer = OPTIMIZERS[optimizer](self.trainable)
@@ -195,19 +202,173 @@ class TrainStep:
         }
 
 
+@dataclass(frozen=True)
+class Promise:
+    """What a strategy promises for one model, by parameter and buffer name: which parameters
+    it trains, which it leaves alone (frozen), and which buffers belong to frozen blocks (they
+    stay put too: frozen blocks run in `eval()`). Worked out from the untouched model, not from
+    the `TrainStep` that applies the strategy, so the checks do not take its word for it."""
+
+    trainable: frozenset[str]
+    frozen: frozenset[str]
+    frozen_buffers: frozenset[str]
+
+
+def promise(instance: ModelInstance, strategy: Strategy) -> Promise:
+    """The promise of `strategy` for `instance` (pass the instance before a `TrainStep` has
+    touched it): the first `strategy.frozen_blocks` blocks frozen, every other parameter that
+    requires grad trained."""
+    frozen_blocks = list(instance.blocks)[: strategy.frozen_blocks]
+    in_frozen = {id(t) for block in frozen_blocks for t in (*block.parameters(), *block.buffers())}
+    params = dict(instance.model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad and id(p) not in in_frozen}
+    return Promise(
+        trainable=frozenset(trainable),
+        frozen=frozenset(params) - trainable,
+        frozen_buffers=frozenset(n for n, b in instance.model.named_buffers() if id(b) in in_frozen),
+    )
+
+
+def frozen_state(model: nn.Module, promised: Promise) -> dict[str, torch.Tensor]:
+    """Copies of the parameters and buffers `promised` frozen (take them before the first step)."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    return {n: tensors[n].detach().clone() for n in sorted(promised.frozen | promised.frozen_buffers)}
+
+
+def trainable_state(model: nn.Module, promised: Promise) -> dict[str, torch.Tensor]:
+    """Copies of the parameters `promised` trainable (take them before the measured steps)."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().clone() for n in sorted(promised.trainable)}
+
+
+def _names(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def check_after_steps(
-    step: TrainStep, frozen_before: list[torch.Tensor], trainable_before: list[torch.Tensor]
+    step: TrainStep,
+    promised: Promise,
+    frozen_before: dict[str, torch.Tensor],
+    trainable_before: dict[str, torch.Tensor],
 ) -> str | None:
-    """Why the steps broke the strategy's promises, or None."""
-    for p, before in zip(step.frozen, frozen_before, strict=True):
-        if p.grad is not None:
-            return "a frozen parameter has a .grad"
-        if not torch.equal(p.detach(), before):
-            return "a frozen parameter changed"
-    # A parameter whose gradient is exactly zero may legitimately stay put under SGD (e.g. a conv
-    # bias before BatchNorm), so the promise is that training moved the trainable set at all.
-    if all(torch.equal(p.detach(), b) for p, b in zip(step.trainable, trainable_before, strict=True)):
-        return f"none of the {len(step.trainable)} trainable parameters changed"
+    """Why the measured steps broke the strategy's promises, or None.
+
+    In order: exactly the promised parameters require grad (a `full` step that silently froze
+    the trunk fails here); the frozen parameters and the buffers of frozen blocks (BatchNorm
+    statistics) are bitwise what they were before the first step, and no frozen parameter has a
+    `.grad`; then one more forward and backward (no optimizer step): the loss is finite, every
+    trainable parameter receives a gradient, and every one whose gradient is large enough that
+    one plain SGD step at the optimizer's learning rate would change it (in its own precision)
+    changed over the measured steps. A parameter whose gradient is zero, or zero up to rounding
+    (a bias before BatchNorm in `train()`), may legitimately stay put. The gradients are
+    cleared afterwards.
+    """
+    name = step.strategy.name
+    params = dict(step.model.named_parameters())
+    requires_grad = {n for n, p in params.items() if p.requires_grad}
+    if missing := sorted(promised.trainable - requires_grad):
+        return f"{name}: {len(missing)} parameters it should train do not require grad: {_names(missing)}"
+    if extra := sorted(requires_grad - promised.trainable):
+        return f"{name}: {len(extra)} parameters it should freeze require grad: {_names(extra)}"
+    tensors = params | dict(step.model.named_buffers())
+    if with_grad := [n for n in frozen_before if n in params and params[n].grad is not None]:
+        return f"{name}: {len(with_grad)} frozen parameters have a .grad: {_names(with_grad)}"
+    changed = [n for n, before in frozen_before.items() if not torch.equal(tensors[n].detach(), before)]
+    if changed_params := [n for n in changed if n in params]:
+        return f"{name}: {len(changed_params)} frozen parameters changed: {_names(changed_params)}"
+    if changed:
+        return f"{name}: {len(changed)} buffers of frozen blocks changed (frozen blocks run in eval()): {_names(changed)}"
+
+    loss = step.forward_loss()
+    if not math.isfinite(loss.item()):
+        return f"loss is {loss.item()} after the measured steps"
+    step.backward(loss)
+    lr = step.optimizer.defaults["lr"] / (step.scaler.get_scale() if step.scaler is not None else 1.0)
+
+    def should_have_moved(p: torch.Tensor) -> bool:
+        assert p.grad is not None
+        return not torch.equal(p.detach() - lr * p.grad.detach(), p.detach())
+
+    try:
+        trainable = sorted(promised.trainable)
+        no_gradient = [n for n in trainable if params[n].grad is None]
+        unmoved = [
+            n
+            for n in trainable
+            if params[n].grad is not None
+            and should_have_moved(params[n])
+            and torch.equal(params[n].detach(), trainable_before[n])
+        ]
+    finally:
+        for p in params.values():
+            p.grad = None
+    if no_gradient:
+        return f"{name}: {len(no_gradient)} trainable parameters receive no gradient: {_names(no_gradient)}"
+    if unmoved:
+        return (
+            f"{name}: {len(unmoved)} trainable parameters did not change over the measured steps "
+            f"although their gradients are large enough to move them: {_names(unmoved)}"
+        )
+    return None
+
+
+def _tensors(output: object) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
+def nograd_trunk_violation(
+    instance: ModelInstance, device: Device, optimizer: str, n_blocks: int, dtype: str = FLOAT32
+) -> str | None:
+    """Whether `frozen_nograd` really runs its frozen blocks with autograd off.
+
+    On a fresh copy, the frozen parameters are made to require grad for one forward, so that a
+    trunk run with autograd on would record a graph whatever the inputs (a frozen prefix fed
+    inputs that need no grad records nothing either way, so comparing with `frozen_<n>` cannot
+    tell). Under no_grad nothing may be saved for backward inside a frozen block and no frozen
+    block's output may require grad.
+    """
+    step = TrainStep(
+        copy.deepcopy(instance), Strategy(NOGRAD, n_blocks, nograd=True), optimizer, device, dtype
+    )
+    for p in step.frozen:
+        p.requires_grad_(True)
+    depth, saved, needs_grad = 0, [], []
+
+    def enter(module: nn.Module, args: object) -> None:
+        nonlocal depth
+        depth += 1
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        nonlocal depth
+        depth -= 1
+        if any(t.requires_grad for t in _tensors(output)):
+            needs_grad.append(module)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if depth:
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    handles = [
+        handle
+        for block in step.frozen_modules
+        for handle in (block.register_forward_pre_hook(enter), block.register_forward_hook(leave))
+    ]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step.forward_loss()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if saved:
+        return (
+            f"frozen_nograd: autograd saved {len(saved)} tensors ({sum(saved)} bytes) inside the "
+            "frozen blocks: they do not run under no_grad"
+        )
+    if needs_grad:
+        index = next(i for i, block in enumerate(step.frozen_modules) if block is needs_grad[0])
+        return f"frozen_nograd: frozen block {index}'s output requires grad: it does not run under no_grad"
     return None
 
 
@@ -217,20 +378,25 @@ def nograd_mismatch(
     """Whether `frozen_nograd` computes the same loss and gradients (of the trainable
     parameters, the same set) as `frozen_<n>` for the same input and weights (same seed, so
     dropout draws the same masks)."""
-    grads, losses = [], []
+    grads: list[dict[str, torch.Tensor]] = []
+    losses = []
     for strategy in (Strategy(f"frozen_{n_blocks}", n_blocks), Strategy(NOGRAD, n_blocks, nograd=True)):
         step = TrainStep(copy.deepcopy(instance), strategy, optimizer, device, dtype)
         torch.manual_seed(SEED + 2)
         loss = step.forward_loss()
         step.backward(loss)
         losses.append(loss.detach())
-        grads.append([p.grad.detach().clone() for p in step.trainable if p.grad is not None])
+        grads.append(
+            {n: p.grad.detach().clone() for n, p in step.model.named_parameters() if p.grad is not None}
+        )
     rtol, atol = (1e-5, 1e-6) if dtype == FLOAT32 else (2e-2, 2e-2)
     if not torch.allclose(losses[0], losses[1], rtol=rtol, atol=atol):
         return f"frozen_nograd loss {losses[1].item():.6g} != frozen_{n_blocks} loss {losses[0].item():.6g}"
-    for a, b in zip(*grads, strict=True):
-        if not torch.allclose(a, b, rtol=max(rtol, 1e-4), atol=atol):
-            return f"frozen_nograd head gradients differ from frozen_{n_blocks}'s"
+    if differ := sorted(set(grads[0]) ^ set(grads[1])):
+        return f"frozen_nograd and frozen_{n_blocks} give gradients to different parameters: {_names(differ)}"
+    for n, a in grads[0].items():
+        if not torch.allclose(a, grads[1][n], rtol=max(rtol, 1e-4), atol=atol):
+            return f"frozen_nograd head gradients differ from frozen_{n_blocks}'s ({n})"
     return None
 
 
@@ -244,9 +410,10 @@ def measure_finetune_group(
 ) -> dict[str, CaseResult]:
     """Measure the asked-for `<optimizer>/<strategy>` variants of one model, device and batch
     size, interleaved. Each variant first gets one untimed step (creating optimizer state), one
-    step with memory accounting, and the checks; then all variants are timed round-robin, one
-    training step per call. The `full` variant of each optimizer is always measured, because
-    the ratios need it."""
+    step with memory accounting, and (`frozen_nograd`) the no_grad checks; then all variants
+    are timed round-robin, one training step per call, and checked against their strategy's
+    promise (`check_after_steps`). The `full` variant of each optimizer is always measured,
+    because the ratios need it."""
     optimizers = dict.fromkeys(v.split("/")[0] for v in variants)
     wanted = list(dict.fromkeys([*(f"{o}/{FULL}" for o in optimizers), *variants]))
     group = Case(FINETUNE, spec.name, device.kind, "", batch_size, dtype)
@@ -254,7 +421,9 @@ def measure_finetune_group(
     results: dict[str, CaseResult] = {}
     steps: dict[str, TrainStep] = {}
     metrics: dict[str, dict] = {}
-    snapshots: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    promises: dict[str, Promise] = {}
+    frozen_before: dict[str, dict[str, torch.Tensor]] = {}
+    trainable_before: dict[str, dict[str, torch.Tensor]] = {}
     try:
         start = template(spec, batch_size)
         n_blocks = len(start.blocks)
@@ -269,7 +438,9 @@ def measure_finetune_group(
         case = cases[variant]
         try:
             strategy = by_name[strategy_name]
+            promises[variant] = promise(start, strategy)
             step = TrainStep(copy.deepcopy(start), strategy, optimizer, device, dtype)
+            frozen = frozen_state(step.model, promises[variant])  # before the first step
             loss = step()  # first step: optimizer state comes into being
             metrics[variant] = step.measure_memory(device) | {
                 "trainable_params": sum(p.numel() for p in step.trainable),
@@ -280,7 +451,9 @@ def measure_finetune_group(
                 raise FloatingPointError(f"loss is {loss.item()}")
             if strategy.nograd:
                 if optimizer not in mismatch:
-                    mismatch[optimizer] = nograd_mismatch(start, device, optimizer, n_blocks, dtype)
+                    mismatch[optimizer] = nograd_trunk_violation(
+                        start, device, optimizer, n_blocks, dtype
+                    ) or nograd_mismatch(start, device, optimizer, n_blocks, dtype)
                 if mismatch[optimizer]:
                     results[variant] = CaseResult(case, FAILED, mismatch[optimizer], metrics=metrics[variant])
                     continue
@@ -289,10 +462,8 @@ def measure_finetune_group(
             results[variant] = failure(case, exc, **metrics.get(variant, {}))
             continue
         steps[variant] = step
-        snapshots[variant] = (
-            [p.detach().clone() for p in step.frozen],
-            [p.detach().clone() for p in step.trainable],
-        )
+        frozen_before[variant] = frozen
+        trainable_before[variant] = trainable_state(step.model, promises[variant])
 
     del start
     iterations = profile.iterations or max(1, template_iterations // 2)
@@ -307,10 +478,14 @@ def measure_finetune_group(
         results[variant] = failure(cases[variant], exc, **metrics[variant])
     for variant, samples in timed.samples.items():
         step = steps[variant]
-        problem = check_after_steps(step, *snapshots[variant])
-        if problem is None:
-            loss = step.forward_loss().item()
-            problem = None if math.isfinite(loss) else f"loss is {loss} after the measured steps"
+        try:
+            problem = check_after_steps(
+                step, promises[variant], frozen_before.pop(variant), trainable_before.pop(variant)
+            )
+        except Exception as exc:  # noqa: BLE001
+            device.release_memory()
+            results[variant] = failure(cases[variant], exc, **metrics[variant])
+            continue
         if problem is not None:
             results[variant] = CaseResult(cases[variant], FAILED, problem, metrics=metrics[variant])
             continue

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 from bench_lib.cases import INFERENCE, Case, Profile
 from bench_lib.devices import Device
@@ -40,6 +41,25 @@ def _probe(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], context, de
         **getattr(peak, "extra", {}),  # CUDA: allocator peak, reserved peak, live bytes before
     }
     return output, metrics
+
+
+def reference_output(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], contexts: Mapping[str, Any], device: Device
+) -> tuple[str | None, Any]:
+    """The output every mode's output must equal, from a forward of its own: in the first of
+    `contexts` (grad mode) where the model runs, detached so that its graph is dropped at once.
+    Computed apart from the modes' probes, so that the other modes are still compared when the
+    grad case fails its checks. Returns (the mode it came from, the output), or (None, None)
+    when the forward fails in every mode."""
+    for mode, context in contexts.items():
+        try:
+            with context():
+                output = model(*inputs)
+        except Exception:  # noqa: BLE001 - that mode's own probe reports the error
+            device.release_memory()
+            continue
+        return mode, tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, output)
+    return None, None
 
 
 def _compiled_probe(fast: Any, inputs: tuple[torch.Tensor, ...], context: Any, device: Device):  # type: ignore[no-untyped-def]
@@ -96,8 +116,9 @@ def measure_inference_group(
 
     For each mode: one warm-up call, then one probe forward that counts peak tensor bytes, bytes
     saved for backward and the RSS high-water change, and checks the mode's semantics and that its
-    output equals grad mode's. Then the modes that passed are timed round-robin
-    (`profile.rounds` rounds after `profile.warmup_rounds`). The reference mode (grad) is always
+    output equals the reference (a separate eager grad-mode forward, see `reference_output`).
+    Then the modes that passed are timed round-robin (`profile.rounds` rounds after
+    `profile.warmup_rounds`). The reference mode (grad) is always
     measured and returned, even when not asked for, because the ratios to it need it (the caller
     adds them with `results.with_ratios`, after pooling processes).
     """
@@ -120,7 +141,8 @@ def measure_inference_group(
 
     results: dict[str, CaseResult] = {}
     metrics: dict[str, dict] = {}
-    reference_output = None
+    eager = {m: context[m] for m in measured if m not in compiled}
+    reference_mode, reference = reference_output(model, inputs, eager, device)
     for mode in measured:
         try:
             if mode in compiled:
@@ -137,15 +159,13 @@ def measure_inference_group(
             cases[mode].mode, output, metrics[mode].get("mem_saved_for_backward_bytes"), has_trainable
         )
         tolerance = TOLERANCE.get(dtype, COMPILED_TOLERANCE if mode in compiled else (1e-4, 1e-5))
-        if problem is None and mode == REFERENCE_MODE:
-            reference_output = output
-        elif problem is None and reference_output is not None:
-            problem = outputs_mismatch(reference_output, output, *tolerance)
+        if problem is None and reference is not None:
+            problem = outputs_mismatch(reference, output, *tolerance, reference_name=f"{reference_mode} mode")
         if problem is not None:
             results[mode] = CaseResult(cases[mode], FAILED, problem, metrics=metrics[mode])
         del output
 
-    reference_output = None
+    reference = None
     iterations = profile.iterations or instance.iterations
     forward = {m: partial(fast if m in compiled else model, *inputs) for m in measured}
     timed = measure_interleaved(

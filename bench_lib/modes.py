@@ -63,8 +63,15 @@ def semantics_violation(
     return None
 
 
-def outputs_mismatch(reference: object, output: object, rtol: float = 1e-4, atol: float = 1e-5) -> str | None:
-    """Why `output` differs from `reference` (shapes or values beyond allclose), or None."""
+def outputs_mismatch(
+    reference: object,
+    output: object,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    reference_name: str = "grad mode",
+) -> str | None:
+    """Why `output` differs from `reference` (shapes or values beyond allclose), or None;
+    `reference_name` says in the message where the reference came from."""
     ref, out = _tensors(reference), _tensors(output)
     if len(ref) != len(out):
         return f"output has {len(out)} tensors, expected {len(ref)}"
@@ -73,5 +80,5 @@ def outputs_mismatch(reference: object, output: object, rtol: float = 1e-4, atol
             return f"output {i} has shape {tuple(b.shape)}, expected {tuple(a.shape)}"
         if not torch.allclose(a.detach(), b.detach(), rtol=rtol, atol=atol):
             diff = (a.detach().float() - b.detach().float()).abs().max().item()
-            return f"output {i} differs from grad mode's (max abs difference {diff:.3g})"
+            return f"output {i} differs from {reference_name}'s (max abs difference {diff:.3g})"
     return None

@@ -121,7 +121,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("mem_disagreement", "str", "", "memory figures that differed between the worker processes of this run (`metric: a vs b`); empty when every process measured the same bytes. The gate does not decide memory of such a case"),
     _C("trainable_params", "int", "elements", "finetune: parameters with requires_grad"),
     _C("total_params", "int", "elements", "finetune: all parameters"),
-    _C("frozen_blocks", "int", "blocks", "finetune: leading trunk blocks frozen (0 for full)"),
+    _C("frozen_blocks", "int", "blocks", "finetune: leading trunk blocks frozen (0 for full); frozen blocks run in eval(), so their BatchNorm statistics and dropout are frozen too"),
     _C(
         "rss_peak_delta_bytes",
         "int",

@@ -92,6 +92,123 @@ def test_outputs_that_differ_between_modes_fail():
     assert "differs from grad mode" in results["no_grad"].error
 
 
+class WrongWithoutGraph(nn.Module):
+    """Detaches its output under grad (the grad case fails) and adds 1 without grad: the other
+    modes must still be compared, with a reference that does not depend on the grad case."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y.detach() if torch.is_grad_enabled() else y + 1
+
+
+def test_outputs_are_compared_even_when_the_grad_case_fails():
+    results = run(spec_of(WrongWithoutGraph))
+    assert results["grad"].error == "grad: output has no grad_fn although the model has trainable parameters"
+    for mode in ("no_grad", "inference_mode"):
+        assert results[mode].status == "failed"
+        assert results[mode].error.startswith("output 0 differs from grad mode's (max abs difference 1)")
+
+
+class NoGradForward(nn.Module):
+    """Cannot run with grad; under inference_mode it computes something else than no_grad."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            raise RuntimeError("no backward formula")
+        return self.lin(x) * (2 if torch.is_inference_mode_enabled() else 1)
+
+
+def test_when_the_grad_forward_fails_the_reference_comes_from_the_next_mode_and_says_so():
+    results = run(spec_of(NoGradForward))
+    assert results["grad"].error == "RuntimeError: no backward formula"
+    assert results["no_grad"].ok
+    assert "output 0 differs from no_grad mode's" in results["inference_mode"].error
+
+
+class SavesWithoutGrad(nn.Module):
+    """Under no_grad runs its layer with grad on and returns the result detached: no grad_fn on
+    the output, but autograd saved tensors for a backward that will never come."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return self.lin(x)
+        with torch.enable_grad():
+            return self.lin(x).detach()
+
+
+def test_bytes_saved_for_backward_without_grad_fail():
+    results = run(spec_of(SavesWithoutGrad))
+    assert results["grad"].ok and results["inference_mode"].ok
+    # nn.Linear saves its input: batch 2 x 4 features x 4 bytes
+    assert results["no_grad"].error == "no_grad: 32 bytes were saved for backward (expected 0)"
+
+
+class NormalTensorsUnderInferenceMode(nn.Module):
+    """Leaves inference mode inside forward: its output is a normal tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        with torch.inference_mode(False), torch.no_grad():
+            return self.lin(x)
+
+
+def test_an_inference_mode_output_that_is_not_an_inference_tensor_fails():
+    results = run(spec_of(NormalTensorsUnderInferenceMode))
+    assert results["no_grad"].ok
+    assert results["inference_mode"].error == "inference_mode: output is not an inference tensor"
+
+
+class HidesItsGraph(nn.Module):
+    """Computes its layer without autograd and adds a trainable zero: under grad the output has
+    a grad_fn, but nothing of the real computation is recorded (nothing saved)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+        self.zero = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        with torch.no_grad():
+            y = self.lin(x)
+        return y + self.zero
+
+
+def test_a_grad_forward_that_records_nothing_fails():
+    results = run(spec_of(HidesItsGraph))
+    assert (
+        results["grad"].error
+        == "grad: nothing was saved for backward although the model has trainable parameters"
+    )
+    assert results["no_grad"].ok and results["inference_mode"].ok
+
+
+class ReturnsNothing(nn.Module):
+    def forward(self, x):
+        return None
+
+
+def test_a_model_that_returns_no_tensor_fails_every_mode():
+    results = run(spec_of(ReturnsNothing))
+    assert {m: r.error for m, r in results.items()} == {
+        m: f"{m}: the model returned no tensor" for m in MODES
+    }
+
+
 class NoInference(nn.Module):
     def __init__(self):
         super().__init__()

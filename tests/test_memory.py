@@ -1,5 +1,7 @@
 """Memory accounting against byte counts computed by hand (fp32: 4 bytes per element)."""
 
+import mmap
+
 import pytest
 import torch
 from torch import nn
@@ -118,8 +120,34 @@ def test_cuda_peak_is_the_allocator_peak_beyond_live_bytes_before():
     }
 
 
-def test_rss_peak_is_a_byte_count_or_unknown():
+def rss_high_water_resettable():
+    import bench_lib.memory as memory
+
+    return memory._reset_rss_high_water() and memory._rss_high_water() is not None
+
+
+@pytest.mark.skipif(not rss_high_water_resettable(), reason="needs Linux's /proc/self/clear_refs and VmHWM")
+def test_rss_peak_sees_a_block_of_fresh_pages():
+    """64 MiB of fresh anonymous pages (mmap, not malloc, whose reuse of freed memory depends on
+    the process's history), each touched once: the high-water mark rises by about that much."""
+    size = 64 << 20
     with RssPeak().track() as rss:
-        block = torch.ones(4 << 20)  # 16 MiB, touched
-    assert rss.delta_bytes is None or rss.delta_bytes >= 0
+        block = mmap.mmap(-1, size)
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
+        block.close()
+    # the kernel's RSS counters lag by up to a few hundred KiB per thread
+    assert size - (4 << 20) <= rss.delta_bytes <= size + (16 << 20)
+    with RssPeak().track() as idle:
+        pass
+    assert idle.delta_bytes < 4 << 20
+
+
+def test_rss_peak_is_unknown_where_it_cannot_be_measured(monkeypatch):
+    import bench_lib.memory as memory
+
+    monkeypatch.setattr(memory, "_reset_rss_high_water", lambda: False)
+    with RssPeak().track() as rss:
+        block = torch.ones(1 << 20)
+    assert rss.delta_bytes is None  # never a made-up figure
     del block

@@ -57,6 +57,7 @@ def test_console_report_defaults_to_latest(tmp_path, monkeypatch, capsys):
     assert main(["report"]) == 0
     out = capsys.readouterr().out
     assert "Inference:" in out and "Fine-tuning:" in out and "Example CPU 9000" in out
+    assert "Frozen blocks run in eval(): their BatchNorm statistics" in out  # the BN policy
 
 
 def other_machine(tmp_path, speed=2.0, drop_model=None, add_row=False):

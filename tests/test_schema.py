@@ -153,3 +153,11 @@ def test_version_2_reports_are_migrated():
     assert (frame["schema_version"] == SCHEMA_VERSION).all()
     assert frame["energy_j_per_item"].isna().all() and frame["cuda_max_allocated_bytes"].isna().all()
     assert list(frame.columns) == list(COLUMN_NAMES)
+
+
+def test_a_result_that_did_not_succeed_must_say_why():
+    case = Case("finetune", "mlp", "cpu", "", 2, strategy="full", optimizer="sgd")
+    with pytest.raises(ValueError, match="needs an error message"):
+        CaseResult(case, "failed", "")
+    with pytest.raises(ValueError, match="status must be one of"):
+        CaseResult(case, "broken", "why")

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 FULL = "full"  # the reference strategy of each optimizer
 TEXT = (
     "Median time of one training step (ms), ratio to full (x, interleaved), memory by category; "
-    "total = params + grads + opt state + activations; saving against full."
+    "total = params + grads + opt state + activations; saving against full. Frozen blocks run in "
+    "eval(): their BatchNorm statistics and dropout are frozen with their weights."
 )
 
 
