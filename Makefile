@@ -133,6 +133,8 @@ gate-audit: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -c "from bench_lib.schema import write_docs; write_docs('docs/results.md')"
+	$(BIN)/python -c "from pathlib import Path; from bench_lib.options import documented; \
+		p = Path('docs/options.md'); p.write_text(documented(p.read_text()))"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks .bench-gate .bench-gate.log

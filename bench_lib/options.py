@@ -147,3 +147,13 @@ def markdown_table() -> str:
         cli = f"`{o.cli}`" if o.cli else ""
         lines.append(f"| `{o.pytest_flag}` | {cli} | `{o.env}` | `{o.default!r}` | {o.help} |")
     return "\n".join(lines)
+
+
+DOC_START, DOC_END = "<!-- options:start", "<!-- options:end -->"
+
+
+def documented(text: str) -> str:
+    """`text` (docs/options.md) with its options table regenerated from `OPTIONS`."""
+    start, end = text.index(DOC_START), text.index(DOC_END)
+    first_line_end = text.index("\n", start) + 1
+    return text[:first_line_end] + markdown_table() + "\n" + text[end:]
