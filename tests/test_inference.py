@@ -252,13 +252,12 @@ def test_out_of_memory_during_timing_is_recorded_as_oom_and_others_go_on():
 
 def test_compiled_variants_share_the_group_and_report_compile_time():
     from bench_lib.cases import COMPILED, Case
-    from bench_lib.session import _case_of
 
     case = Case("inference", "mlp", "cpu", "no_grad", 4, compile=COMPILED)
     assert case.id == "mlp-cpu-b4-no_grad-compiled" and case.variant == "no_grad+compile"
     assert case.group == Case("inference", "mlp", "cpu", "", 4)
-    assert _case_of(case.group, "no_grad+compile") == case
-    assert _case_of(case.group, "no_grad").compile == ""
+    assert case.group.with_variant("no_grad+compile") == case
+    assert case.group.with_variant("no_grad").compile == ""
 
 
 @pytest.mark.slow
