@@ -19,6 +19,7 @@ from bench_lib.devices import Device, make_device
 from bench_lib.environment import torch_threads
 from bench_lib.inject import injected_spec, parse_injection
 from bench_lib.models import ModelSpec, get_model
+from bench_lib.precision import FLOAT32, float32_mode, float32_settings
 from bench_lib.results import CaseResult
 
 Request = Mapping[str, Any]
@@ -75,12 +76,14 @@ SUITES: dict[str, Callable[[Request, Device], dict[str, CaseResult]]] = {
 
 
 def run_request(request: Request) -> dict[str, CaseResult]:
-    """Measure the group `request` describes, in this process."""
+    """Measure the group `request` describes, in this process: under its float32 mode (TF32 for a
+    `tf32` group, IEEE float32 otherwise), each row recording the settings it ran under."""
     if request.get("pin_malloc"):
         pin_glibc_malloc()
-    with torch_threads(request.get("threads")):
+    with torch_threads(request.get("threads")), float32_mode(request.get("dtype", FLOAT32)):
         device = make_device(request["device"])
         start = device.telemetry_start()
         results = SUITES[request["suite"]](request, device)
         columns = device.telemetry_columns(start)  # GPU telemetry around the group, if any
+        columns |= float32_settings()  # read at the end: a model's own code may have changed them
     return {k: replace(r, metrics={**r.metrics, **columns}) for k, r in results.items()}
