@@ -103,8 +103,9 @@ class CpuDevice:
 class CudaDevice:
     """A CUDA device timed with CUDA events: one start/end pair per round, one sync per round.
 
-    The end event is recorded after the last call of the round and synchronized before its
-    elapsed time is read, so the round includes all queued GPU work; there is no
+    The events are recorded on this device's current stream (where its kernels run, whichever
+    device is current), the end event after the last call of the round; it is synchronized
+    before its elapsed time is read, so the round includes all queued GPU work; there is no
     per-iteration synchronize. `start.elapsed_time(end)` is in milliseconds.
     """
 
@@ -152,12 +153,13 @@ class CudaDevice:
 
     def time_round(self, fn: Callable[[], object], iterations: int) -> RoundTime:
         clock = self._clock
+        stream = self._cuda.current_stream(self.index)
         start_event, end_event = self._event(), self._event()
         start = clock()
-        start_event.record()
+        start_event.record(stream)
         for _ in range(iterations):
             fn()
-        end_event.record()
+        end_event.record(stream)
         end_event.synchronize()
         host_s = clock() - start
         return RoundTime(host_s=host_s, device_s=start_event.elapsed_time(end_event) / 1e3)

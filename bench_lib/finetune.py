@@ -27,7 +27,7 @@ from bench_lib.models import ModelInstance, ModelSpec, StagedModel
 from bench_lib.precision import FLOAT32, autocast, grad_scaler
 from bench_lib.results import FAILED, CaseResult, failure
 from bench_lib.telemetry import energy_columns
-from bench_lib.timing import Variant, measure_interleaved
+from bench_lib.timing import Variant, calibrate_iterations, measure_interleaved
 
 SEED = 0
 FULL = "full"
@@ -295,9 +295,12 @@ def measure_finetune_group(
         )
 
     del start
-    iterations = profile.iterations or max(1, template_iterations // 2)
+    variants = [Variant(v, steps[v]) for v in wanted if v in steps]
+    iterations = profile.iterations or calibrate_iterations(
+        variants, device, profile.min_round_s, start=max(1, template_iterations // 2), warmup=False
+    )
     timed = measure_interleaved(
-        [Variant(v, steps[v]) for v in wanted if v in steps],
+        variants,
         device,
         rounds=profile.finetune_rounds,
         warmup_rounds=profile.finetune_warmup_rounds,
