@@ -37,6 +37,7 @@ from bench_lib.models.hf import transformers_module
 from bench_lib.modes import MODES, REFERENCE_MODE
 from bench_lib.plugins import absolute_reference, check_user_model, is_reference
 from bench_lib.precision import parse_dtypes, unsupported_reason
+from bench_lib.preflight import compile_problem
 from bench_lib.results import OOM, CaseResult, with_ratios
 from bench_lib.ruler import RULERS
 from bench_lib.runner import START_METHODS, run_group
@@ -144,8 +145,13 @@ class RunConfig:
 
 
 def unavailable(case: Case) -> str | None:
-    """Why `case` cannot run on this machine (no such device, or its dtype unsupported), or None."""
-    return unavailable_reason(case.device) or unsupported_reason(case.device, case.dtype)
+    """Why `case` cannot run on this machine (no such device, its dtype unsupported, or no
+    toolchain for torch.compile), or None."""
+    return (
+        unavailable_reason(case.device)
+        or unsupported_reason(case.device, case.dtype)
+        or (compile_problem(case.device) if case.compile else None)
+    )
 
 
 def default_models(pyproject: Path = Path("pyproject.toml")) -> tuple[str, ...]:
