@@ -401,14 +401,12 @@ def key_figures(frame: pd.DataFrame) -> str:
     ok = frame[frame["status"] == "ok"]
     picked = ok[(ok["suite"] == "inference") | ok["strategy"].isin(["full", "frozen_nograd"])]
     lines = [
-        f"{'case':48s} {'device ms':>10} {'host ms':>9} {'peak MiB':>9} {'mJ/item':>9} {'W':>4} {'calls':>5}"
+        f"{'case':44s} {'device ms':>10} {'host ms':>9} {'peak MiB':>9} {'mJ/item':>9} {'W':>4} {'calls':>5}"
     ]
     for r in picked.itertuples():
-        label = " ".join(
-            str(x)
-            for x in (r.suite, r.model, f"b{r.batch_size}", r.dtype, r.mode or f"{r.optimizer}/{r.strategy}")
-        )
-        lines.append(f"{label[:48]:48s} {_num(r.latency_ms_median, 4):>10} {_num(r.host_latency_ms_median, 4):>9} "
+        what = r.mode or f"{r.optimizer}/{r.strategy}"
+        label = " ".join(str(x) for x in (r.suite[:5], r.model, f"b{r.batch_size}", r.dtype, what))
+        lines.append(f"{label[:44]:44s} {_num(r.latency_ms_median, 4):>10} {_num(r.host_latency_ms_median, 4):>9} "
                      f"{_num(r.mem_peak_bytes, 2, 2**20):>9} {_num(r.energy_j_per_item, 3, 1e-3):>9} "
                      f"{_num(r.gpu_power_w, 0):>4} {_num(r.iterations, 0):>5}")  # fmt: skip
     return "\n".join(lines)
@@ -585,6 +583,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log("\nsteps: " + ", ".join(f"{k} {v.get('seconds', '-')} s" + (" (TIMED OUT)" if v.get("timed_out") else "")
                                 for k, v in check.results["steps"].items()) + f"; total {log.elapsed():.0f} s")  # fmt: skip
     log(_facts_lines(found, args.device))
+    clocks = [c for c in check.results["matmul"].get("clocks", []) if "sm_mhz" in c]
+    if clocks:
+        log("matmul clocks: " + "; ".join(f"{c['at']} SM {c['sm_mhz']} MHz, {c['temp_c']} C, {c['power_w']} W, "
+                                          f"reasons {c['throttle']}" for c in (clocks[0], clocks[1], clocks[-1])))  # fmt: skip
     log(summary_table(check.results))
     failed = [k for k, v in check.results.items() if isinstance(v, dict) and v.get("passed") is False]
     log(

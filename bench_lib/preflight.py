@@ -2,9 +2,9 @@
 
 Standard library only, and runnable as a script (`python bench_lib/preflight.py --device cuda`),
 so that a missing or too old package is one precise line rather than an import error halfway
-through a run. Each requirement is one `Finding`; a missing required one stops the run (exit 2),
-a missing optional one is a warning (what it costs is said). Version bounds come from
-`pyproject.toml`, the one place they are written.
+through a run. Each requirement is one `Finding`; a missing required one (or one older than its
+lower bound) stops the run (exit 2); a missing optional one, or one newer than the tested upper
+bound, is a warning. Version bounds come from `pyproject.toml`, the one place they are written.
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ def package_finding(name: str, low: str | None, high: str | None, installed: str
     if installed is None:
         return Finding(name, False, f"not installed, needs {bounds}{why}", required)
     version = _version_tuple(installed)
-    if (low and version < _version_tuple(low)) or (high and version >= _version_tuple(high)):
+    if low and version < _version_tuple(low):
         return Finding(name, False, f"{installed} installed, needs {bounds}{why}", required)
+    if high and version >= _version_tuple(high):  # newer than the suite was tested with: may well work
+        return Finding(name, False, f"{installed} installed, newer than tested ({bounds}): going on", False)
     return Finding(name, True, f"{installed} ({bounds})", required)
 
 

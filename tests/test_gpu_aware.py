@@ -487,6 +487,10 @@ def test_preflight_says_each_missing_piece_in_one_line(monkeypatch):
         "preflight: warning matplotlib: not installed"
     )
     assert preflight.package_finding("torch", "2.4", None, "2.11.0+cu130").ok
+    newer = preflight.package_finding("pytest", "8.0", "10", "10.1")
+    assert not newer.required and newer.line() == (
+        "preflight: warning pytest: 10.1 installed, newer than tested (>= 8.0 and < 10): going on"
+    )
     old = preflight.preflight("cuda", version=(3, 10, 12))
     assert [f.line().split(" (")[0] for f in old] == ["preflight: MISSING python: 3.10.12"]
     names = [f.name for f in preflight.preflight("cpu")]
