@@ -517,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [py, "-m", "bench_lib.gpucheck", "facts", "--device", args.device, "--json", str(out / "facts.json")],
     )
     found = json.loads((out / "facts.json").read_text()) if (out / "facts.json").is_file() else {}
+    found["gpu_check_process_initialized_cuda"] = torch.cuda.is_initialized()  # must stay False
     check.record("facts", found)
     name = (found.get("nvml") or {}).get("gpu_name") or (found.get("device") or {}).get("name") or "cpu"
     log(_facts_lines(found, args.device))
@@ -542,8 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
         check.step(step, benchmark_cmd(folder, args.device, plan, select))
         runs[step] = newest_report(folder)
-    first = read_report(runs["bench-1"]) if runs["bench-1"] else None
-    second = read_report(runs["bench-2"]) if runs["bench-2"] else None
+    first = guarded(log, lambda: read_report(runs["bench-1"]) if runs["bench-1"] else None)
+    second = guarded(log, lambda: read_report(runs["bench-2"]) if runs["bench-2"] else None)
     if first is None:
         check.record("benchmark", {"passed": False, "why": "bench-1 wrote no report (see steps/bench-1.log)"})
     else:
@@ -556,15 +557,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.copyfile(runs["bench-1"], stem.with_suffix(".csv"))
         if samples_path(runs["bench-1"]).is_file():
             shutil.copyfile(samples_path(runs["bench-1"]), samples_path(stem.with_suffix(".csv")))
-        write_reports(first, stem, log)
+        guarded(log, lambda: write_reports(first, stem, log))
         if second is not None:
-            check.record("memory_identical", memory_identical(first, second))
+            check.record("memory_identical", verdict(log, memory_identical, first, second))
         else:
             check.record("memory_identical", {"passed": False, "why": "bench-2 wrote no report"})
         if args.device == "cuda":
-            check.record("energy", energy_coverage(first))
-            check.record("undisturbed", undisturbed(first))
-            check.record("float32_modes", float32_modes(first))
+            check.record("energy", verdict(log, energy_coverage, first))
+            check.record("undisturbed", verdict(log, undisturbed, first))
+            check.record("float32_modes", verdict(log, float32_modes, first))
 
     # 5. the CUDA-only tests, last: torch.compile's first build is the least predictable step
     done = check.step(
@@ -575,24 +576,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "passed": rc == 0 or (args.device == "cpu" and rc in (0, 5))})  # fmt: skip
 
     if first is not None:
-        log(
-            "\nkey figures (bench-1; the full report is in "
-            + f"{slug(name)}.txt / .html):\n"
-            + key_figures(first)
-        )
+        figures = guarded(log, lambda: key_figures(first))
+        log(f"\nkey figures (bench-1; the full report is in {slug(name)}.txt / .html):\n{figures}")
     log("\nsteps: " + ", ".join(f"{k} {v.get('seconds', '-')} s" + (" (TIMED OUT)" if v.get("timed_out") else "")
                                 for k, v in check.results["steps"].items()) + f"; total {log.elapsed():.0f} s")  # fmt: skip
     log(_facts_lines(found, args.device))
     clocks = [c for c in check.results["matmul"].get("clocks", []) if "sm_mhz" in c]
+    picked = {id(c): c for c in (clocks[:2] + clocks[-1:])}.values()
     if clocks:
         log("matmul clocks: " + "; ".join(f"{c['at']} SM {c['sm_mhz']} MHz, {c['temp_c']} C, {c['power_w']} W, "
-                                          f"reasons {c['throttle']}" for c in (clocks[0], clocks[1], clocks[-1])))  # fmt: skip
+                                          f"reasons {c['throttle']}" for c in picked))  # fmt: skip
     log(summary_table(check.results))
     failed = [k for k, v in check.results.items() if isinstance(v, dict) and v.get("passed") is False]
     log(
         f"gpu-check: {'all checks passed' if not failed else 'FAILED: ' + ', '.join(failed)} (details in {out / 'checks.json'})"
     )
     return 1 if failed else 0
+
+
+def guarded(log: Log, fn: Callable[[], Any]) -> Any:
+    """`fn()`, or None after logging why it failed: one broken report or figure must not cost
+    the steps and the checks that follow."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - logged; the gpu-check goes on
+        log(f"error: {type(exc).__name__}: {exc}")
+        return None
+
+
+def verdict(log: Log, check: Callable[..., dict[str, Any]], *frames: pd.DataFrame) -> dict[str, Any]:
+    """A check's verdict, or a failed one that says why it could not be computed."""
+    result = guarded(log, lambda: check(*frames))
+    return (
+        result if result is not None else {"passed": False, "why": "could not be computed (see gpucheck.log)"}
+    )
 
 
 def _facts_lines(found: dict[str, Any], kind: str) -> str:
@@ -609,7 +626,8 @@ def _facts_lines(found: dict[str, Any], kind: str) -> str:
         f"{found.get('torch_compile')}\n"
         f"float32 defaults: matmul precision {f32.get('float32_matmul_precision')}, cuBLAS TF32 "
         f"{f32.get('cuda_matmul_tf32')}, cuDNN TF32 {f32.get('cudnn_tf32')} (float32 cases run with both off, tf32 cases "
-        f"with both on); other processes on the GPU at the start: {len(found.get('processes_before_this_one') or [])}"
+        f"with both on); other processes on the GPU at the start: {len(found.get('processes_before_this_one') or [])}; "
+        f"CUDA initialized in the gpu-check process: {found.get('gpu_check_process_initialized_cuda')}"
         + (f"\nNVML: {found['nvml_note']}" if found.get("nvml_note") else "")
     )
 
