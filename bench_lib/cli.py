@@ -194,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dtypes",
         default="float32",
-        help="float32, bfloat16, float16: autocast precisions (default: float32)",
+        help="float32, tf32 (CUDA), bfloat16, float16 (autocast; float16 on CUDA only) (default: float32)",
     )
     run.add_argument(
         "--compile",
