@@ -8,6 +8,7 @@ is missing or partial a note says why.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
@@ -333,8 +334,12 @@ POWER_AVERAGING_S = 1.0  # the window of nvmlDeviceGetPowerUsage's average on Am
 def run_for(
     fn: Callable[[], object], synchronize: Callable[[], None], seconds: float, clock: Any
 ) -> tuple[int, float]:
-    """Call `fn` in whole, doubling batches (synchronized before each clock check) for at least
-    `seconds`; (calls, seconds taken). The caller synchronized before."""
+    """Call `fn` for at least `seconds`, in whole batches, synchronized before each clock check
+    (never per call); (calls, seconds taken). The caller synchronized before.
+
+    Each batch is what the calls so far say is left (at most double the calls so far, at least
+    one), so the phase ends within about one call of `seconds` rather than up to twice it.
+    """
     calls, batch = 0, 1
     start = clock()
     while True:
@@ -342,9 +347,11 @@ def run_for(
             fn()
         calls += batch
         synchronize()
-        if clock() - start >= seconds:
-            return calls, clock() - start
-        batch *= 2
+        elapsed = clock() - start
+        if elapsed >= seconds:
+            return calls, elapsed
+        left = math.ceil((seconds - elapsed) * calls / elapsed - 1e-9) if elapsed > 0 else 2 * calls
+        batch = max(1, min(left, 2 * calls))
 
 
 def measure_energy(

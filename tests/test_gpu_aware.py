@@ -185,22 +185,27 @@ def test_group_columns_report_start_and_end():
 
 
 def test_energy_from_the_counter_over_whole_batches_of_calls():
-    """Each call takes 0.1 s and 30 J: the phase doubles its batches until >= 1 s has passed
-    (1 + 2 + 4 + 8 = 15 calls), and the counter difference is exactly 15 x 30 J."""
+    """Each call takes 0.125 s and 30 J: batches of what the calls so far say is left (at most
+    double them): 1, 2, then 5 calls make exactly 1 s, and the counter difference is 8 x 30 J."""
     nvml, clock, syncs = FakeNvml(), FakeClock(), []
 
     def call():
-        clock.now += 0.1
+        clock.now += 0.125
         nvml.energy_mj += 30_000
 
     reading = measure_energy(monitor(nvml), call, lambda: syncs.append(1), 1.0, clock=clock)
-    assert reading == telemetry.EnergyReading(
-        joules=450.0, seconds=pytest.approx(1.5), calls=15, method="counter"
-    )
-    assert len(syncs) == 5  # once before, once per batch: never per call
+    assert reading == telemetry.EnergyReading(joules=240.0, seconds=1.0, calls=8, method="counter")
+    assert len(syncs) == 4  # once before, once per batch: never per call
     cols = energy_columns(reading, items_per_call=8)
-    assert cols["energy_j_per_item"] == pytest.approx(450 / 15 / 8)
-    assert cols["gpu_power_w"] == pytest.approx(300.0) and cols["energy_method"] == "counter"
+    assert cols["energy_j_per_item"] == pytest.approx(240 / 8 / 8)
+    assert cols["gpu_power_w"] == pytest.approx(240.0) and cols["energy_method"] == "counter"
+
+
+def test_an_energy_phase_ends_within_a_call_of_its_length():
+    for seconds in (0.3, 0.5, 1.0, 2.0):
+        clock = FakeClock()
+        calls, took = telemetry.run_for(clock.work(0.0037), lambda: None, seconds, clock)
+        assert seconds <= took < seconds + 0.0037 + 1e-9 and calls == round(took / 0.0037)
 
 
 def test_energy_falls_back_to_integrated_instant_power_and_says_so():
@@ -218,14 +223,14 @@ def test_energy_falls_back_to_integrated_instant_power_and_says_so():
     reading = measure_energy(
         monitor(nvml), clock.work(0.5), lambda: None, 1.0, clock=clock, sampler=Sampler()
     )
-    assert reading.method == "power_samples" and reading.joules == 12.5 and reading.calls == 3
+    assert reading.method == "power_samples" and reading.joules == 12.5 and reading.calls == 2
 
 
 def test_averaged_power_is_read_only_once_its_window_lies_inside_the_phase():
     """Only the 1-s average of nvmlDeviceGetPowerUsage (Ampere and newer, no counter): the GPU
-    idles at 100 W, each call draws 300 W for 0.1 s. Integrating the lagging average over a short
+    idles at 100 W, each call draws 300 W for 0.125 s. Integrating the lagging average over a short
     phase would mix in the idle second before it; the phase runs a second longer and takes the
-    average at its end: exactly 30 J per call."""
+    average at its end: exactly 37.5 J per call."""
     clock, busy = FakeClock(), []
 
     def trace(t):
@@ -235,12 +240,12 @@ def test_averaged_power_is_read_only_once_its_window_lies_inside_the_phase():
     clock.now = 10.0  # idle until now
 
     def call():
-        busy.append((clock.now, clock.now + 0.1))
-        clock.now += 0.1
+        busy.append((clock.now, clock.now + 0.125))
+        clock.now += 0.125
 
-    reading = measure_energy(monitor(nvml), call, lambda: None, 0.45, clock=clock)
-    assert reading.method == "power_average" and reading.calls == 15
-    assert reading.joules / reading.calls == pytest.approx(30.0, rel=1e-3)
+    reading = measure_energy(monitor(nvml), call, lambda: None, 0.5, clock=clock)
+    assert reading.method == "power_average" and reading.calls == 12 and reading.seconds == 1.5
+    assert reading.joules / reading.calls == pytest.approx(300 * 0.125, rel=1e-3)
 
 
 def test_power_sampler_integrates_by_the_trapezoid_rule():
