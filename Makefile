@@ -12,8 +12,9 @@
 #   make gate BASE=origin/main REPEAT=5   base and this checkout measured interleaved, then gated
 #   make gate-memory           tiny CPU run, memory gated against results/baseline/ (CI does this)
 #   make gate-audit            false alarms and sensitivity of the gate (long: about 35 minutes)
-#   make gpu-check OUT=dir     on a GPU machine, with its own python3, nothing installed: CUDA tests,
-#                              a small benchmark, the GPU targets; CSV + reports in OUT
+#   make gpu-check OUT=dir     on a GPU machine, with its own python3, nothing installed (~4 min on
+#                              an H200): preflight, device facts, matmul vs Timer, a small benchmark
+#                              twice, CUDA tests, the GPU targets; CSV + reports + checks.json in OUT
 #   make test                  the tests;   make lint   ruff and mypy
 # TORCH_SPEC picks the torch build, e.g. TORCH_SPEC="torch==2.11.0" or a wheel path.
 
@@ -123,9 +124,12 @@ gate: $(STAMP)
 		rc=$$?; echo $$rc > results/gate/exit_code; exit $$rc
 
 # No virtual environment: GPU machines often have no network; their python3 has torch etc.
+# The preflight is a plain script (standard library only): a missing or too old package is one
+# line, not an import error. ARGS="--device cpu" runs the same pipeline on the CPU (~1-2 min).
 GPU_PYTHON ?= python3
 gpu-check:
-	PYTHONPATH=. $(GPU_PYTHON) -m bench_lib.gpucheck --out $(or $(OUT),results/gpu-check) $(ARGS)
+	$(GPU_PYTHON) bench_lib/preflight.py $(ARGS)
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m bench_lib.gpucheck --out $(abspath $(or $(OUT),results/gpu-check)) $(ARGS)
 
 AUDIT_ARGS ?=
 gate-audit: $(STAMP)

@@ -101,8 +101,10 @@ class Profile:
     """How much to measure: which batch sizes, how many worker processes per group, and how many
     rounds each process measures (after its warm-up rounds).
 
-    `iterations` overrides every model's own calls-per-round when set (the tiny test profile
-    uses 1, so that it runs in seconds).
+    Calls per round: `iterations` fixes them for every case when set (the tiny test profile uses
+    1, so that it runs in seconds); otherwise each group calibrates them in its first process
+    (`timing.calibrate_iterations`), from the model's own calls-per-round upwards, so that a
+    round lasts at least `min_round_s`, and its other processes reuse that figure.
     """
 
     name: str
@@ -116,6 +118,7 @@ class Profile:
     description: str = ""
     models: tuple[str, ...] = ()  # the models a run measures when none are named; () = the zoo
     energy_seconds: float = 1.0  # per case, where NVML measures GPU energy (0: no energy phase)
+    min_round_s: float = 0.001  # shortest round when calibrating calls per round (0: no calibration)
 
 
 PROFILES: dict[str, Profile] = {
@@ -136,9 +139,10 @@ PROFILES: dict[str, Profile] = {
             description="adds batch 128; 5 processes x 200 rounds (steadier p99)",
         ),
         Profile(
-            "gpu", (1, 32), rounds=50, warmup_rounds=10, processes=1, finetune_rounds=15, finetune_warmup_rounds=3,
-            energy_seconds=0.5, models=("mlp", "cnn", "transformer"),
-            description="make gpu-check: 3 models, 1 process x 50 rounds, 0.5 s energy phases",
+            "gpu", (32,), rounds=50, warmup_rounds=5, processes=1, finetune_rounds=15, finetune_warmup_rounds=3,
+            energy_seconds=0.5, min_round_s=0.002, models=("mlp", "cnn", "transformer"),
+            description="make gpu-check (minutes on one GPU): 3 models at batch 32, 1 process x 50 rounds "
+            "of >= 2 ms, 0.5 s energy phases",
         ),
         Profile(
             "hf", (1,), rounds=10, warmup_rounds=2, processes=1, finetune_rounds=3, finetune_warmup_rounds=1,

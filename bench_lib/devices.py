@@ -16,7 +16,15 @@ import torch
 
 from bench_lib.errors import UserError
 from bench_lib.memory import PeakCounter, StoragePeakTracker
-from bench_lib.telemetry import EnergyReading, GpuMonitor, GpuSnapshot, group_columns, measure_energy
+from bench_lib.telemetry import (
+    EnergyReading,
+    GpuMonitor,
+    GpuSnapshot,
+    group_columns,
+    load_nvml,
+    locate_gpu,
+    measure_energy,
+)
 
 KNOWN_KINDS = ("cpu", "cuda")
 
@@ -95,9 +103,10 @@ class CpuDevice:
 class CudaDevice:
     """A CUDA device timed with CUDA events: one start/end pair per round, one sync per round.
 
-    The end event is recorded after the last call of the round and synchronized before its
-    elapsed time is read, so the round includes all queued GPU work; there is no per-iteration
-    synchronize. `start.elapsed_time(end)` is in milliseconds.
+    The events are recorded on this device's current stream (where its kernels run, whichever
+    device is current), the end event after the last call of the round; it is synchronized
+    before its elapsed time is read, so the round includes all queued GPU work; there is no
+    per-iteration synchronize. `start.elapsed_time(end)` is in milliseconds.
     """
 
     kind = "cuda"
@@ -109,25 +118,34 @@ class CudaDevice:
         event_factory: Callable[[], Any] | None = None,
         cuda: Any = None,
         monitor: GpuMonitor | None = None,
+        nvml: Any = None,
     ) -> None:
         self.index = index
         self.name = f"cuda:{index}"
         self._clock = clock
         self._cuda = cuda if cuda is not None else torch.cuda
         self._event = event_factory or (lambda: self._cuda.Event(enable_timing=True))
+        self._nvml = nvml
         self._monitor = monitor
         self._monitor_opened = monitor is not None
+        self.telemetry_note = ""  # why NVML telemetry is missing or partial ("" when complete)
 
     @property
     def monitor(self) -> GpuMonitor | None:
-        """NVML telemetry of this GPU (None without NVML), opened on first use."""
+        """NVML telemetry of this device (None without NVML, or when NVML cannot tell which of
+        its devices this is: see `telemetry.locate_gpu`), opened on first use."""
         if not self._monitor_opened:
             self._monitor_opened = True
+            nvml, why = (self._nvml, "") if self._nvml is not None else load_nvml()
+            if nvml is None:
+                self.telemetry_note = f"no NVML telemetry: {why}"
+                return None
             try:
                 uuid = str(self._cuda.get_device_properties(self.index).uuid)
-            except Exception:  # noqa: BLE001 - older torch: match by index
+            except (AttributeError, RuntimeError):
                 uuid = None
-            self._monitor = GpuMonitor.open(self.index, uuid=uuid)
+            location, self.telemetry_note = locate_gpu(nvml, uuid)
+            self._monitor = GpuMonitor.at(nvml, location) if location is not None else None
         return self._monitor
 
     def synchronize(self) -> None:
@@ -135,12 +153,13 @@ class CudaDevice:
 
     def time_round(self, fn: Callable[[], object], iterations: int) -> RoundTime:
         clock = self._clock
+        stream = self._cuda.current_stream(self.index)
         start_event, end_event = self._event(), self._event()
         start = clock()
-        start_event.record()
+        start_event.record(stream)
         for _ in range(iterations):
             fn()
-        end_event.record()
+        end_event.record(stream)
         end_event.synchronize()
         host_s = clock() - start
         return RoundTime(host_s=host_s, device_s=start_event.elapsed_time(end_event) / 1e3)
@@ -149,6 +168,9 @@ class CudaDevice:
         return CudaAllocatorPeak(self.index, self._cuda)
 
     def release_memory(self) -> None:
+        """Return the allocator's cached blocks to the driver (the caller drops its references
+        to failed work and collects garbage first: cached blocks of live tensors stay)."""
+        self.synchronize()
         self._cuda.empty_cache()
 
     def energy(self, fn: Callable[[], object], min_seconds: float) -> EnergyReading | None:
@@ -158,17 +180,28 @@ class CudaDevice:
         return measure_energy(monitor, fn, self.synchronize, min_seconds, clock=self._clock)
 
     def telemetry_start(self) -> object:
-        return self.monitor.snapshot() if self.monitor is not None else None
+        """A snapshot before a group. This process's CUDA context is created first (NVML lists a
+        process only once it has one), so that the process seen appearing is taken to be this
+        one where NVML shows host PIDs, and it is never counted as another process."""
+        monitor = self.monitor
+        if monitor is None:
+            return None
+        before = monitor.process_ids()
+        self.synchronize()  # creates this process's context on the device if it has none yet
+        monitor.adopt_new_process(before)
+        return monitor.snapshot(has_context=True)
 
     def telemetry_columns(self, start: object) -> dict[str, Any]:
-        """NVML readings around a group (see `telemetry.group_columns`) and the CUDA context's
-        footprint: this process's GPU memory by NVML minus what torch's allocator reserved."""
+        """NVML readings around a group (see `telemetry.group_columns`), the CUDA context's
+        footprint (this process's GPU memory by NVML minus what torch's allocator reserved), and
+        `gpu_telemetry_note` where telemetry is missing or partial."""
         monitor = self.monitor
+        note = {"gpu_telemetry_note": self.telemetry_note} if self.telemetry_note else {}
         if monitor is None or not isinstance(start, GpuSnapshot):
-            return {}
+            return note
         self.synchronize()
-        end = monitor.snapshot()
-        columns = group_columns(start, end)
+        end = monitor.snapshot(has_context=True)
+        columns = group_columns(start, end) | note
         if end.process_memory_bytes is not None:
             reserved = int(self._cuda.memory_reserved(self.index))
             columns["cuda_context_bytes"] = max(0, end.process_memory_bytes - reserved)

@@ -1,4 +1,10 @@
-"""The machine fingerprint recorded in every report row, and the `machine_id` derived from it."""
+"""The machine fingerprint recorded in every report row, and the `machine_id` derived from it.
+
+Its GPU fields describe the device the suite measures (torch's `cuda:0`, which every `cuda` case
+runs on: under CUDA_VISIBLE_DEVICES or MIG not NVML's GPU 0), found in NVML by its UUID;
+`gpu_count` is the number of CUDA devices torch sees. Reading them creates no CUDA context (device
+properties only), so the process that runs the suite never shows on the GPU as another process.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
 
 from bench_lib import telemetry
+from bench_lib.precision import describe_float32, float32_settings
 
 # The fields that identify the hardware and software a latency was measured on. Run settings
 # (threads, allocator) are recorded beside them; the gate compares those separately.
@@ -31,6 +39,12 @@ MACHINE_ID_FIELDS = (
 )
 
 
+# torch's own float32 settings (see `precision.float32_settings`), which no run changes for good:
+# machine ids include `float32_defaults` only where an environment differs from them (as with
+# TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1), so that ids of ordinary machines stay what they were.
+STOCK_FLOAT32 = "matmul highest, cuBLAS TF32 off, cuDNN TF32 on"
+
+
 @dataclass(frozen=True)
 class Environment:
     machine_id: str
@@ -43,6 +57,9 @@ class Environment:
     gpu_count: int
     gpu_driver: str
     gpu_memory_total_bytes: int | None
+    gpu_uuid: str
+    gpu_mig_mode: str
+    float32_defaults: str
     cuda_version: str
     cudnn_version: str
     torch_version: str
@@ -98,24 +115,49 @@ def cudnn_version() -> str:
 
 def machine_id(fields: dict[str, object]) -> str:
     """A stable 12-hex-digit hash of the hardware and software fingerprint (not the hostname)."""
-    text = "|".join(f"{k}={fields.get(k, '')}" for k in MACHINE_ID_FIELDS)
+    keys = MACHINE_ID_FIELDS
+    if fields.get("float32_defaults", STOCK_FLOAT32) not in ("", STOCK_FLOAT32):
+        keys = (*keys, "float32_defaults")
+    text = "|".join(f"{k}={fields.get(k, '')}" for k in keys)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def collect_environment(cpu_malloc: str = "default", nvml: object | None = None) -> Environment:
-    """Read the fingerprint of this machine and process. GPU fields come from NVML and are empty
-    (never guessed) without a GPU or NVML."""
-    gpus = telemetry.gpu_inventory(nvml)
+def gpu_fields(cuda: Any = None, nvml: Any = None) -> dict[str, object]:
+    """The fingerprint's GPU fields: torch's `cuda:0` as NVML describes it (found by UUID), and
+    how many CUDA devices torch sees. Empty without CUDA; the NVML fields empty (never guessed)
+    without NVML or when NVML does not know the device."""
+    cuda = cuda if cuda is not None else torch.cuda
+    fields: dict[str, object] = {"gpu_name": "", "gpu_count": 0, "gpu_driver": "", "gpu_memory_total_bytes": None,
+                                 "gpu_uuid": "", "gpu_mig_mode": ""}  # fmt: skip
+    try:
+        if not cuda.is_available():
+            return fields
+        fields["gpu_count"] = int(cuda.device_count())
+        uuid = str(cuda.get_device_properties(0).uuid)
+    except (AttributeError, RuntimeError):
+        return fields
+    if nvml is None:
+        nvml, _ = telemetry.load_nvml()
+    if nvml is None:
+        return fields
+    location, _ = telemetry.locate_gpu(nvml, uuid)
+    if location is None:
+        return fields
+    info = telemetry.gpu_info(nvml, location)
+    return fields | {"gpu_name": info.name, "gpu_driver": info.driver, "gpu_uuid": info.uuid,
+                     "gpu_memory_total_bytes": info.memory_total_bytes, "gpu_mig_mode": info.mig_mode}  # fmt: skip
+
+
+def collect_environment(cpu_malloc: str = "default", nvml: Any = None, cuda: Any = None) -> Environment:
+    """Read the fingerprint of this machine and process (see the module docstring for the GPU)."""
     fields: dict[str, object] = {
         "hostname": socket.gethostname(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count() or 0,
         "memory_total_bytes": psutil.virtual_memory().total,
         "torch_threads": torch.get_num_threads(),
-        "gpu_name": gpus[0].name if gpus else "",
-        "gpu_count": len(gpus),
-        "gpu_driver": gpus[0].driver if gpus else "",
-        "gpu_memory_total_bytes": gpus[0].memory_total_bytes if gpus else None,
+        **gpu_fields(cuda, nvml),
+        "float32_defaults": describe_float32(float32_settings()),
         "cuda_version": torch.version.cuda or "",
         "cudnn_version": cudnn_version(),
         "torch_version": torch.__version__,

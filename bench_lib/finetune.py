@@ -34,7 +34,7 @@ from bench_lib.precision import FLOAT32, autocast, grad_scaler
 from bench_lib.results import FAILED, CaseResult, failure
 from bench_lib.suites.finetune import FULL
 from bench_lib.telemetry import energy_columns
-from bench_lib.timing import Variant, measure_interleaved
+from bench_lib.timing import Variant, calibrate_iterations, measure_interleaved
 
 SEED = 0
 NOGRAD = "frozen_nograd"
@@ -466,9 +466,12 @@ def measure_finetune_group(
         trainable_before[variant] = trainable_state(step.model, promises[variant])
 
     del start
-    iterations = profile.iterations or max(1, template_iterations // 2)
+    timed_variants = [Variant(v, steps[v]) for v in wanted if v in steps]
+    iterations = profile.iterations or calibrate_iterations(
+        timed_variants, device, profile.min_round_s, start=max(1, template_iterations // 2), warmup=False
+    )
     timed = measure_interleaved(
-        [Variant(v, steps[v]) for v in wanted if v in steps],
+        timed_variants,
         device,
         rounds=profile.finetune_rounds,
         warmup_rounds=profile.finetune_warmup_rounds,

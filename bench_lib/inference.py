@@ -18,12 +18,12 @@ from bench_lib.modes import REFERENCE_MODE, mode_context, outputs_mismatch, sema
 from bench_lib.precision import FLOAT32, autocast, within
 from bench_lib.results import FAILED, CaseResult, failure
 from bench_lib.telemetry import energy_columns
-from bench_lib.timing import Variant, measure_interleaved
+from bench_lib.timing import Variant, calibrate_iterations, measure_interleaved
 
 SEED = 0
 # rtol, atol of the check that a mode's output equals grad mode's, for reduced precisions (the
-# same autocast computation, but kernels may differ between modes)
-TOLERANCE = {"bfloat16": (2e-2, 2e-2), "float16": (1e-2, 1e-2)}
+# same autocast or TF32 computation, but kernels may differ between modes)
+TOLERANCE = {"bfloat16": (2e-2, 2e-2), "float16": (1e-2, 1e-2), "tf32": (1e-2, 1e-2)}
 COMPILED_TOLERANCE = (1e-3, 1e-4)  # inductor fuses and reorders float operations
 
 
@@ -166,10 +166,13 @@ def measure_inference_group(
         del output
 
     reference = None
-    iterations = profile.iterations or instance.iterations
     forward = {m: partial(fast if m in compiled else model, *inputs) for m in measured}
+    variants = [Variant(m, forward[m], context[m]) for m in measured if m not in results]
+    iterations = profile.iterations or calibrate_iterations(
+        variants, device, profile.min_round_s, start=instance.iterations, warmup=False
+    )
     timed = measure_interleaved(
-        [Variant(m, forward[m], context[m]) for m in measured if m not in results],
+        variants,
         device,
         rounds=profile.rounds,
         warmup_rounds=profile.warmup_rounds,

@@ -59,7 +59,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "dtypes",
         "float32",
-        "comma-separated precisions: float32, bfloat16, float16 (autocast; float16 on CUDA only)",
+        "comma-separated precisions: float32, tf32 (CUDA), bfloat16, float16 (autocast; float16 on CUDA only)",
         "--dtypes",
     ),
     Option(

@@ -46,7 +46,9 @@ def _per_model_device(frame: pd.DataFrame, column: str, label: str, scale: float
         table = table[[m for m in MODE_NAMES if m in table.columns]].astype(float) * scale
         fig, ax = plt.subplots(figsize=(5, 3))
         table.plot.bar(ax=ax, rot=0)
-        precision = ("" if dtype == "float32" else f", {dtype} autocast") + (", compiled" if compiled else "")
+        precision = {"float32": "", "tf32": ", tf32"}.get(dtype, f", {dtype} autocast") + (
+            ", compiled" if compiled else ""
+        )
         ax.set_title(f"{model} on {device}{precision}")
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)

@@ -1,9 +1,15 @@
-"""The precision axis: fp32, or autocast to bf16 / fp16 (the `dtype` column of the case key).
+"""The precision axis: fp32, TF32, or autocast to bf16 / fp16 (the `dtype` column of the case key).
 
 Autocast is how users run mixed precision: parameters stay fp32, eligible ops (matmuls,
 convolutions) run in the lower precision. Training steps in float16 use a `GradScaler`, as
 users must (bf16 needs none). Support is probed, not assumed: a combination that cannot run
 here is skipped with the reason.
+
+TF32 is a mode of float32 on NVIDIA GPUs since Ampere: torch runs float32 matmuls in TF32 when
+`torch.get_float32_matmul_precision()` is not "highest", and float32 convolutions whenever
+`torch.backends.cudnn.allow_tf32` is on, which it is by default. A group therefore runs under
+`float32_mode`: a `tf32` case turns TF32 on for both, every other case off (so "float32" means
+IEEE float32), and each row records the settings it ran under (`float32_settings`).
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ import torch
 from bench_lib.errors import UserError
 
 FLOAT32 = "float32"
+TF32 = "tf32"
 DTYPES: dict[str, torch.dtype] = {
     FLOAT32: torch.float32,
+    TF32: torch.float32,  # float32 tensors; matmuls and convolutions in TF32
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
 
 
 def parse_dtypes(text: str | None) -> list[str]:
-    """A comma-separated dtype list ("float32,bfloat16"; also fp32, bf16, fp16); empty: float32."""
-    aliases = {"fp32": FLOAT32, "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+    """A comma-separated dtype list ("float32,bfloat16"; also fp32, tf32, bf16, fp16); empty: float32."""
+    aliases = {"fp32": FLOAT32, "tfloat32": TF32, "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
     if not text or not text.strip():
         return [FLOAT32]
     names = []
@@ -40,8 +48,9 @@ def parse_dtypes(text: str | None) -> list[str]:
 
 
 def autocast(kind: str, dtype: str) -> Callable[[], AbstractContextManager[object]]:
-    """A factory of the context a case of this device kind and dtype runs in."""
-    if dtype == FLOAT32:
+    """A factory of the autocast context a case of this device kind and dtype runs in (none for
+    float32 and tf32: see `float32_mode`)."""
+    if dtype in (FLOAT32, TF32):
         return nullcontext
     return lambda: torch.autocast(device_type=kind, dtype=DTYPES[dtype])
 
@@ -61,18 +70,62 @@ def within(
     return combined
 
 
-def unsupported_reason(kind: str, dtype: str, cuda: Any | None = None) -> str | None:
+def unsupported_reason(kind: str, dtype: str, cuda: Any = None) -> str | None:
     """Why `dtype` cannot run on this device kind here, or None."""
     if dtype == FLOAT32:
         return None
     if kind == "cpu" and dtype == "float16":
         return "float16 autocast is measured on CUDA only (on the CPU, use bfloat16)"
+    if kind == "cpu" and dtype == TF32:
+        return "TF32 is a mode of NVIDIA GPUs (Ampere and newer): measured on CUDA only"
     if kind == "cuda":
         cuda = cuda if cuda is not None else torch.cuda
-        if dtype == "bfloat16" and cuda.is_available() and not cuda.is_bf16_supported():
+        if not cuda.is_available():
+            return None  # the device itself is unavailable: said elsewhere
+        if dtype == "bfloat16" and not cuda.is_bf16_supported():
             return "this GPU does not support bfloat16"
+        if dtype == TF32:
+            major, minor = cuda.get_device_capability(0)
+            if major < 8:
+                return f"this GPU has no TF32 (compute capability {major}.{minor}; TF32 needs 8.0 or newer)"
         return None
     return _cpu_bf16_problem()
+
+
+def float32_settings() -> dict[str, Any]:
+    """How float32 matmuls and convolutions run now: the columns every report row records.
+
+    `cuda_matmul_tf32` is what cuBLAS does, which TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 (set in some
+    NVIDIA containers) turns on whatever the precision says.
+    """
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+    }
+
+
+def describe_float32(settings: dict[str, Any]) -> str:
+    """One line for the fingerprint, e.g. "matmul highest, cuBLAS TF32 off, cuDNN TF32 on"."""
+    on = {True: "on", False: "off"}
+    return (
+        f"matmul {settings['float32_matmul_precision']}, cuBLAS TF32 {on[bool(settings['cuda_matmul_tf32'])]}, "
+        f"cuDNN TF32 {on[bool(settings['cudnn_tf32'])]}"
+    )
+
+
+@contextmanager
+def float32_mode(dtype: str) -> Iterator[None]:
+    """TF32 matmuls and convolutions for a `tf32` case, IEEE float32 for every other, restored
+    after the block."""
+    precision, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if dtype == TF32 else "highest")
+    torch.backends.cudnn.allow_tf32 = dtype == TF32
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 @cache

@@ -18,7 +18,7 @@ from bench_lib.cases import RULER, Case, Profile
 from bench_lib.devices import Device
 from bench_lib.results import CaseResult, failure
 from bench_lib.suites.ruler import RULERS
-from bench_lib.timing import Variant, measure_interleaved
+from bench_lib.timing import Variant, calibrate_iterations, measure_interleaved
 
 __all__ = ["RULERS", "RULER_MODEL", "measure_ruler_group"]
 
@@ -44,18 +44,21 @@ def _workloads(device: str) -> dict[str, Callable[[], object]]:
 
 
 def measure_ruler_group(device: Device, profile: Profile, variants: Sequence[str]) -> dict[str, CaseResult]:
-    """Time the asked-for rulers on `device`, interleaved: one call per round, at most 50 rounds
-    per process (a ruler only needs to be steady, not to have a p99)."""
+    """Time the asked-for rulers on `device`, interleaved, at most 50 rounds per process (a ruler
+    only needs to be steady, not to have a p99); calls per round as the profile says (calibrated
+    unless it fixes them)."""
     cases = {v: Case(RULER, RULER_MODEL, device.kind, v, 1) for v in variants}
     try:
         work = _workloads(device.name)
         with torch.no_grad():
+            chosen = [Variant(v, work[v]) for v in variants]
+            iterations = profile.iterations or calibrate_iterations(chosen, device, profile.min_round_s)
             timed = measure_interleaved(
-                [Variant(v, work[v]) for v in variants],
+                chosen,
                 device,
                 rounds=min(profile.rounds, 50),
                 warmup_rounds=min(profile.warmup_rounds, 5),
-                iterations=1,
+                iterations=iterations,
             )
     except Exception as exc:  # noqa: BLE001
         device.release_memory()

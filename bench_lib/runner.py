@@ -25,13 +25,27 @@ def run_group(
 ) -> dict[str, CaseResult]:
     """Measure a group in `processes` fresh worker processes, one after the other, and pool them.
 
-    `processes=0` measures in this process instead (for debugging; no isolation). `cases` names
-    the group's cases by variant, so a worker that dies can be reported against each of them.
+    The first process that measures calibrates the calls per round (unless the profile fixes
+    them); the following ones reuse its figure, so that their samples pool. `processes=0`
+    measures in this process instead (for debugging; no isolation). `cases` names the group's
+    cases by variant, so a worker that dies can be reported against each of them.
     """
     if processes == 0:
         return run_request(request)
-    parts = [_run_worker(request, cases, start_method) for _ in range(processes)]
+    parts = []
+    for _ in range(processes):
+        parts.append(_run_worker(request, cases, start_method))
+        request = with_iterations(request, parts[-1])
     return pool(parts)
+
+
+def with_iterations(request: Mapping[str, Any], results: Mapping[str, CaseResult]) -> Mapping[str, Any]:
+    """`request` with its profile's calls per round fixed to those `results` were measured with
+    (unchanged where the profile already fixes them or no result has samples)."""
+    measured = next((r.samples.iterations for r in results.values() if r.samples is not None), None)
+    if measured is None or request["profile"].get("iterations"):
+        return request
+    return {**request, "profile": {**request["profile"], "iterations": measured}}
 
 
 START_METHODS = ("forkserver", "spawn")

@@ -5,7 +5,12 @@ Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when 
   2: adds `inject` (the deliberate regression of a gate audit run; empty otherwise).
   3: adds `compile` (key; empty = eager) and `compile_s`; the GPU-aware columns (CUDA allocator figures, NVML telemetry and energy, input
      transfer) and `input_bytes`; `dtype` now takes bfloat16 / float16 (autocast).
-  4: adds `mem_disagreement` (memory figures that differed between the worker processes of one
+  4: adds the float32 settings each case ran under (`float32_matmul_precision`, `cuda_matmul_tf32`,
+     `cudnn_tf32`), `gpu_telemetry_note`, and to the fingerprint `gpu_uuid`, `gpu_mig_mode` and
+     `float32_defaults`; `dtype` now takes tf32, and float32 cases run with TF32 off; the GPU
+     fingerprint describes the measured device, not NVML's GPU 0; `iterations` is calibrated per
+     group unless the profile fixes it; `energy_method` may be `power_average`.
+     Also `mem_disagreement` (memory figures that differed between the worker processes of one
      run; empty when they agreed) and `cudnn_version`.
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
@@ -57,7 +62,7 @@ COLUMNS: tuple[Column, ...] = (
         "grad mode of an inference case: `grad`, `no_grad` or `inference_mode`; empty for finetune",
     ),
     _C("batch_size", "int", "items", "inputs per forward call"),
-    _C("dtype", "str", "", "precision: `float32`, or `bfloat16` / `float16` autocast (parameters stay fp32; float16 training uses a GradScaler)"),
+    _C("dtype", "str", "", "precision: `float32` (IEEE: TF32 off), `tf32` (float32 with TF32 matmuls and convolutions; CUDA, Ampere or newer), or `bfloat16` / `float16` autocast (parameters stay fp32; float16 training uses a GradScaler)"),
     _C(
         "strategy",
         "str",
@@ -99,7 +104,7 @@ COLUMNS: tuple[Column, ...] = (
         "finetune: median / median of strategy `full` with the same optimizer, model, device and batch size, measured interleaved",
     ),
     _C("rounds", "int", "", "timed rounds (samples) behind the statistics, all processes together"),
-    _C("iterations", "int", "calls", "calls per round (fixed per model and batch size)"),
+    _C("iterations", "int", "calls", "calls per round, the same for every round and process of a group: calibrated in the group's first process so that a round lasts at least the profile's `min_round_s` (from the model's own calls per round upwards), or fixed by the profile"),
     _C("warmup_rounds", "int", "", "untimed rounds before the timed ones"),
     _C("throughput_items_per_s", "float", "items/s", "batch_size / latency_ms_median"),
     _C(
@@ -148,7 +153,11 @@ COLUMNS: tuple[Column, ...] = (
     _C("gpu_other_processes", "int", "processes", "CUDA: other compute processes on the GPU before or after the group; > 0 marks the case as possibly disturbed"),
     _C("gpu_power_w", "float", "W", "CUDA: mean board power during the case's energy phase (energy / time)"),
     _C("energy_j_per_item", "float", "J", "CUDA: GPU energy per item (per sample of a batch) over an energy phase of >= 1 s run after the timing"),
-    _C("energy_method", "str", "", "`counter` (nvmlDeviceGetTotalEnergyConsumption) or `power_samples` (power readings integrated every 10 ms, coarser); empty where NVML offers neither"),
+    _C("energy_method", "str", "", "`counter` (nvmlDeviceGetTotalEnergyConsumption), `power_samples` (instantaneous power integrated every 10 ms, coarser) or `power_average` (the 1-s averaged power at the end of a steady phase one second longer, times its length); empty where NVML offers none"),
+    _C("gpu_telemetry_note", "str", "", "CUDA: why NVML telemetry is missing or partial for this case (no NVML; NVML knows no device with this UUID; a MIG instance, which has no power or energy of its own); empty when complete"),
+    _C("float32_matmul_precision", "str", "", "torch.get_float32_matmul_precision() the case ran under: `highest` (IEEE float32) or `high` (TF32 on CUDA; tf32 cases)"),
+    _C("cuda_matmul_tf32", "bool", "", "torch.backends.cuda.matmul.allow_tf32 the case ran under: whether cuBLAS runs float32 matmuls in TF32 (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 forces it on)"),
+    _C("cudnn_tf32", "bool", "", "torch.backends.cudnn.allow_tf32 the case ran under: whether cuDNN runs float32 convolutions in TF32 (torch's default is on; the suite turns it off except for tf32 cases)"),
     _C(
         "machine_id",
         "str",
@@ -160,10 +169,13 @@ COLUMNS: tuple[Column, ...] = (
     _C("cpu_count", "int", "", "logical CPUs"),
     _C("memory_total_bytes", "int", "bytes", "physical memory"),
     _C("torch_threads", "int", "", "torch.get_num_threads() during the run"),
-    _C("gpu_name", "str", "", "GPU 0 name from NVML; empty without a GPU"),
-    _C("gpu_count", "int", "", "GPUs NVML sees"),
+    _C("gpu_name", "str", "", "name (NVML) of the GPU or MIG instance the `cuda` cases ran on, torch's `cuda:0`; empty without CUDA or NVML"),
+    _C("gpu_count", "int", "", "CUDA devices torch sees (after CUDA_VISIBLE_DEVICES)"),
     _C("gpu_driver", "str", "", "NVIDIA driver version from NVML"),
-    _C("gpu_memory_total_bytes", "int", "bytes", "GPU 0 memory from NVML"),
+    _C("gpu_memory_total_bytes", "int", "bytes", "total memory (NVML) of that GPU or MIG instance"),
+    _C("gpu_uuid", "str", "", "NVML UUID of that device: `GPU-...`, or `MIG-...` for a MIG instance"),
+    _C("gpu_mig_mode", "str", "", "MIG mode of its physical GPU: `enabled`, `disabled`, or empty where the GPU has no MIG"),
+    _C("float32_defaults", "str", "", "torch's float32 settings in this environment before any case changed them (e.g. `matmul highest, cuBLAS TF32 off, cuDNN TF32 on`); part of machine_id where not these stock ones"),
     _C("cuda_version", "str", "", "CUDA version torch was built with (torch.version.cuda)"),
     _C("cudnn_version", "str", "", "cuDNN version torch loads (torch.backends.cudnn.version()); empty without cuDNN"),
     _C("torch_version", "str", "", "torch.__version__"),
@@ -196,18 +208,23 @@ def _v1_to_v2(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(inject=pd.NA, schema_version="2")
 
 
+V4_ADDED = ("gpu_telemetry_note", "float32_matmul_precision", "cuda_matmul_tf32", "cudnn_tf32",
+            "gpu_uuid", "gpu_mig_mode", "float32_defaults")  # fmt: skip
+
+
 def _v2_to_v3(frame: pd.DataFrame) -> pd.DataFrame:
     added = ["compile"] + [
-        c.name for c in COLUMNS[COLUMN_NAMES.index("compile_s") : COLUMN_NAMES.index("machine_id")]
+        c.name
+        for c in COLUMNS[COLUMN_NAMES.index("compile_s") : COLUMN_NAMES.index("machine_id")]
+        if c.name not in V4_ADDED
     ]
     return frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="3")
 
 
 def _v3_to_v4(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.assign(
-        **{name: pd.NA for name in ("mem_disagreement", "cudnn_version") if name not in frame},
-        schema_version="4",
-    )
+    """The new columns are unknown for older runs (whose float32 cases ran with torch's settings)."""
+    added = (*V4_ADDED, "mem_disagreement", "cudnn_version")
+    return frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="4")
 
 
 _MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
@@ -223,10 +240,27 @@ def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return _typed(frame)
 
 
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _as_bool(series: pd.Series) -> pd.Series:
+    """True/False values, or their text as a CSV holds it, as a nullable boolean column."""
+    if isinstance(series.dtype, pd.BooleanDtype):
+        return series
+    values = series.map(lambda v: None if pd.isna(v) else _BOOLS.get(str(v).strip().lower(), v))
+    bad = values.map(lambda v: not pd.isna(v) and not isinstance(v, bool)).to_numpy(dtype=bool)
+    if bad.any():
+        raise ValueError(f"{series.name}: {series[bad].iloc[0]!r} is not true or false")
+    return values.astype("boolean")
+
+
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     for col in COLUMNS:
         if col.name in frame:
-            frame[col.name] = frame[col.name].astype(_DTYPES[col.kind])
+            kind = _DTYPES[col.kind]
+            frame[col.name] = (
+                _as_bool(frame[col.name]) if col.kind == "bool" else frame[col.name].astype(kind)
+            )
     for name in ("mode", "strategy", "optimizer", "compile", "error"):
         if name in frame:
             frame[name] = frame[name].fillna("")

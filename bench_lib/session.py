@@ -26,6 +26,7 @@ from bench_lib.models import OPTIONAL, ZOO, get_model
 from bench_lib.models.hf import transformers_module
 from bench_lib.plugins import absolute_reference, check_user_model, is_reference
 from bench_lib.precision import parse_dtypes, unsupported_reason
+from bench_lib.preflight import compile_problem
 from bench_lib.results import OOM, CaseResult
 from bench_lib.runner import START_METHODS, run_group
 from bench_lib.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
@@ -124,8 +125,13 @@ class RunConfig:
 
 
 def unavailable(case: Case) -> str | None:
-    """Why `case` cannot run on this machine (no such device, or its dtype unsupported), or None."""
-    return unavailable_reason(case.device) or unsupported_reason(case.device, case.dtype)
+    """Why `case` cannot run on this machine (no such device, its dtype unsupported, or no
+    toolchain for torch.compile), or None."""
+    return (
+        unavailable_reason(case.device)
+        or unsupported_reason(case.device, case.dtype)
+        or (compile_problem(case.device) if case.compile else None)
+    )
 
 
 def default_models(pyproject: Path = Path("pyproject.toml")) -> tuple[str, ...]:

@@ -1,64 +1,132 @@
-"""Readings from NVML (nvidia-ml-py, module `pynvml`): the GPU inventory of the fingerprint, and
-per-group telemetry (clocks, temperature, clock-event reasons, utilization, this process's
-memory, other processes) and energy. The NVML module is injectable so that tests run against a
-fake; without NVML or a GPU every reading is empty, never invented."""
+"""Readings from NVML (nvidia-ml-py, module `pynvml`): the measured GPU's identity for the
+fingerprint, and per-group telemetry (clocks, temperature, clock-event reasons, utilization, this
+process's memory, other processes) and energy. The NVML module is injectable so that tests run
+against a fake; without NVML or a GPU every reading is empty, never invented, and where telemetry
+is missing or partial a note says why.
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    driver: str
-    memory_total_bytes: int
+UUID_PREFIXES = ("GPU-", "MIG-")
+MIG_NOTE = (
+    "MIG instance: clocks, temperature and throttle reasons are the whole GPU's; NVML has no "
+    "utilization, power or energy per instance"
+)
 
 
-def load_nvml() -> Any | None:
-    """The initialised `pynvml` module, or None where NVML is missing or has no driver."""
+def load_nvml() -> tuple[Any | None, str]:
+    """The initialised `pynvml` module and "", or None and why NVML cannot be used here."""
     try:
         import pynvml
     except ImportError:
-        return None
+        return None, "NVML not available: nvidia-ml-py (module pynvml) is not installed"
     try:
         pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        return None
-    return pynvml
+    except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return None, f"NVML not available: nvmlInit failed ({exc})"
+    return pynvml, ""
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def gpu_inventory(nvml: Any | None = None) -> list[GpuInfo]:
-    """Name, driver and total memory of every GPU NVML sees ([] without NVML)."""
-    nvml = nvml if nvml is not None else load_nvml()
-    if nvml is None:
-        return []
-    try:
-        driver = _text(nvml.nvmlSystemGetDriverVersion())
-        gpus = []
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            gpus.append(
-                GpuInfo(
-                    index=index,
-                    name=_text(nvml.nvmlDeviceGetName(handle)),
-                    driver=driver,
-                    memory_total_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
-                )
-            )
-        return gpus
-    except Exception:  # noqa: BLE001 - a partial NVML answer is no answer
-        return []
+def _errors(nvml: Any) -> type[BaseException] | tuple[type[BaseException], ...]:
+    """What an NVML call raises when it cannot answer: pynvml's NVMLError (NotSupported,
+    NoPermission, GpuIsLost, ...). Bugs (TypeError, AttributeError) are not swallowed."""
+    error = getattr(nvml, "NVMLError", None)
+    return error if isinstance(error, type) else Exception
+
+
+def call(nvml: Any, names: str | Iterable[str], *args: Any) -> Any:
+    """The first of the functions `names` that this driver has, called with `args`; None when
+    NVML cannot answer (NotSupported and kin).
+
+    pynvml defines every function of its own version, but an older driver lacks some of them:
+    calling one raises NVMLError_FunctionNotFound, and the next name (an older API) is tried.
+    """
+    missing = getattr(nvml, "NVMLError_FunctionNotFound", None)
+    for name in [names] if isinstance(names, str) else names:
+        fn = getattr(nvml, name, None)
+        if fn is None:
+            continue
+        try:
+            return fn(*args)
+        except _errors(nvml) as exc:
+            if isinstance(missing, type) and isinstance(exc, missing):
+                continue
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class GpuLocation:
+    """Where a CUDA device is in NVML: `handle` is the device measured (a GPU or a MIG instance),
+    `gpu_handle` the physical GPU it is part of (the same handle without MIG)."""
+
+    handle: Any
+    gpu_handle: Any
+    uuid: str
+    mig: bool
+
+
+def locate_gpu(nvml: Any, uuid: str | None) -> tuple[GpuLocation | None, str]:
+    """NVML's handle of the CUDA device whose UUID torch reports, and a note ("" when complete).
+
+    torch gives the UUID without NVML's prefix: a GPU is `GPU-<uuid>`, a MIG instance
+    `MIG-<uuid>`; both are tried. There is no fallback by index: CUDA and NVML may number GPUs
+    differently (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER), and under MIG an index names the whole
+    physical GPU, so a guess would report another device's readings. When nothing matches the
+    location is None and the note says why.
+    """
+    if not uuid:
+        return None, "no NVML telemetry: torch reports no UUID for this CUDA device"
+    bare = uuid
+    for prefix in UUID_PREFIXES:
+        bare = bare.removeprefix(prefix)
+    for prefix in UUID_PREFIXES:
+        handle = call(nvml, "nvmlDeviceGetHandleByUUID", prefix + bare)
+        if handle is None:
+            continue
+        mig = prefix == "MIG-" or bool(call(nvml, "nvmlDeviceIsMigDeviceHandle", handle))
+        parent = call(nvml, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle", handle) if mig else handle
+        if parent is None:
+            return None, f"no NVML telemetry: NVML does not give the GPU of MIG instance {prefix + bare}"
+        return GpuLocation(handle, parent, prefix + bare, mig), MIG_NOTE if mig else ""
+    return None, f"no NVML telemetry: NVML knows no device with UUID GPU-{bare} or MIG-{bare}"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The fingerprint's description of the measured GPU (or MIG instance)."""
+
+    name: str
+    uuid: str
+    driver: str
+    memory_total_bytes: int | None
+    mig_mode: str  # "enabled", "disabled", or "" where the GPU has no MIG
+
+
+def gpu_info(nvml: Any, location: GpuLocation) -> GpuInfo:
+    """Name, UUID, total memory (a MIG instance's own), driver and MIG mode of a located device."""
+    memory = call(nvml, "nvmlDeviceGetMemoryInfo", location.handle)
+    mode = call(nvml, "nvmlDeviceGetMigMode", location.gpu_handle)
+    return GpuInfo(
+        name=_text(call(nvml, "nvmlDeviceGetName", location.handle) or ""),
+        uuid=location.uuid,
+        driver=_text(call(nvml, "nvmlSystemGetDriverVersion") or ""),
+        memory_total_bytes=int(memory.total) if memory is not None else None,
+        mig_mode="" if mode is None else ("enabled" if mode[0] else "disabled"),
+    )
 
 
 # Clock-event ("throttle") reason bits, as pynvml's nvmlClocksEventReason* constants name them.
@@ -86,14 +154,6 @@ def throttle_names(mask: int) -> str:
     return "|".join(names) or "none"
 
 
-def _reading(fn: Any, *args: Any) -> Any:
-    """`fn(*args)`, or None where NVML does not support it on this GPU (or fails)."""
-    try:
-        return fn(*args)
-    except Exception:  # noqa: BLE001 - NVMLError_NotSupported and kin: an empty column
-        return None
-
-
 @dataclass(frozen=True)
 class GpuSnapshot:
     """NVML readings at one moment (None where NVML cannot tell)."""
@@ -108,69 +168,101 @@ class GpuSnapshot:
     other_processes: int | None
 
 
-class GpuMonitor:
-    """NVML telemetry of one GPU as seen from this process: snapshots around a group of cases,
-    and the energy a piece of work uses."""
+CLOCK_EVENT_REASONS = ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons")
+COMPUTE_PROCESSES = ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2")
+POWER_INSTANT_FIELD = 186  # pynvml.NVML_FI_DEV_POWER_INSTANT
+_FIELD_VALUE = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
-    def __init__(self, nvml: Any, handle: Any, pid: int | None = None) -> None:
+
+class GpuMonitor:
+    """NVML telemetry of one CUDA device as seen from this process: snapshots around a group of
+    cases, and the energy a piece of work uses.
+
+    `pid` is this process as NVML lists it: in a container NVML may list host PIDs, so
+    `adopt_new_process` can learn it from the process that appeared when this one created its
+    CUDA context. Under MIG, GPU-wide readings (clocks, temperature, clock-event reasons) come
+    from the physical GPU, and there is no utilization, power or energy.
+    """
+
+    def __init__(
+        self, nvml: Any, handle: Any, pid: int | None = None, gpu_handle: Any = None, mig: bool = False
+    ) -> None:
         self.nvml = nvml
         self.handle = handle
+        self.gpu_handle = gpu_handle if gpu_handle is not None else handle
+        self.mig = mig
         self.pid = pid if pid is not None else os.getpid()
 
     @classmethod
-    def open(cls, cuda_index: int, nvml: Any | None = None, uuid: str | None = None) -> GpuMonitor | None:
-        """The monitor of CUDA device `cuda_index` (matched by UUID where torch gives one, as
-        CUDA and NVML may number GPUs differently), or None without NVML."""
-        nvml = nvml if nvml is not None else load_nvml()
-        if nvml is None:
-            return None
-        handle = None
-        if uuid:
-            handle = _reading(
-                nvml.nvmlDeviceGetHandleByUUID, uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
-            )
-        if handle is None:
-            handle = _reading(nvml.nvmlDeviceGetHandleByIndex, cuda_index)
-        return cls(nvml, handle) if handle is not None else None
+    def at(cls, nvml: Any, location: GpuLocation) -> GpuMonitor:
+        return cls(nvml, location.handle, gpu_handle=location.gpu_handle, mig=location.mig)
 
-    def _processes(self) -> list[Any] | None:
-        return _reading(self.nvml.nvmlDeviceGetComputeRunningProcesses, self.handle)
+    def processes(self) -> list[Any] | None:
+        """The compute processes on the device (None where NVML cannot tell)."""
+        return call(self.nvml, COMPUTE_PROCESSES, self.handle)
 
-    def snapshot(self) -> GpuSnapshot:
-        nvml, h = self.nvml, self.handle
-        reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
-            nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
-        )
-        mask = _reading(reasons, h) if reasons is not None else None
-        power_mw = _reading(nvml.nvmlDeviceGetPowerUsage, h)
-        util = _reading(nvml.nvmlDeviceGetUtilizationRates, h)
-        procs = self._processes()
+    def process_ids(self) -> set[int] | None:
+        procs = self.processes()
+        return None if procs is None else {p.pid for p in procs}
+
+    def adopt_new_process(self, before: set[int] | None) -> None:
+        """After this process created its CUDA context: where NVML does not list our own PID (a
+        PID namespace), take the one process that appeared since `before` to be this one."""
+        after = self.process_ids()
+        if before is None or after is None or self.pid in after:
+            return
+        new = after - before
+        if len(new) == 1:
+            self.pid = new.pop()
+
+    def snapshot(self, has_context: bool = True) -> GpuSnapshot:
+        """The readings now. `has_context`: whether this process holds a CUDA context on the
+        device (then it is one of NVML's processes, never counted as another)."""
+        nvml, h, g = self.nvml, self.handle, self.gpu_handle
+        mask = call(nvml, CLOCK_EVENT_REASONS, g)
+        util = None if self.mig else call(nvml, "nvmlDeviceGetUtilizationRates", h)
+        procs = self.processes()
         mine = [p for p in procs or [] if p.pid == self.pid]
         if procs is None:
             others = None
         elif mine:
             others = len(procs) - len(mine)
-        else:  # a container may show host PIDs: then one of them is this process, if any is
+        elif has_context:  # not found by PID (a container's namespace): one of them is this process
             others = max(0, len(procs) - 1)
+        else:
+            others = len(procs)
         used = [getattr(p, "usedGpuMemory", None) for p in mine]
         return GpuSnapshot(
             throttle=throttle_names(mask) if mask is not None else None,
-            sm_clock_mhz=_reading(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_SM),
-            mem_clock_mhz=_reading(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM),
-            temperature_c=_reading(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU),
-            power_w=power_mw / 1e3 if power_mw is not None else None,
+            sm_clock_mhz=call(nvml, "nvmlDeviceGetClockInfo", g, nvml.NVML_CLOCK_SM),
+            mem_clock_mhz=call(nvml, "nvmlDeviceGetClockInfo", g, nvml.NVML_CLOCK_MEM),
+            temperature_c=call(nvml, "nvmlDeviceGetTemperature", g, nvml.NVML_TEMPERATURE_GPU),
+            power_w=self.power_w(),
             util_percent=getattr(util, "gpu", None),
             process_memory_bytes=sum(u for u in used if u is not None) if mine and None not in used else None,
             other_processes=others,
         )
 
     def energy_mj(self) -> int | None:
-        """The GPU's energy counter in mJ since the driver loaded (None where unsupported)."""
-        return _reading(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.handle)
+        """The GPU's energy counter in mJ since the driver loaded (None where unsupported, and
+        under MIG, where it would count the other instances' work too)."""
+        return None if self.mig else call(self.nvml, "nvmlDeviceGetTotalEnergyConsumption", self.handle)
 
     def power_w(self) -> float | None:
-        mw = _reading(self.nvml.nvmlDeviceGetPowerUsage, self.handle)
+        """Board power by nvmlDeviceGetPowerUsage: on Ampere and newer GPUs (the A100 excepted)
+        an average over the last second, elsewhere instantaneous."""
+        mw = None if self.mig else call(self.nvml, "nvmlDeviceGetPowerUsage", self.handle)
         return mw / 1e3 if mw is not None else None
+
+    def power_instant_w(self) -> float | None:
+        """Instantaneous board power (field NVML_FI_DEV_POWER_INSTANT; newer drivers only)."""
+        if self.mig:
+            return None
+        values = call(self.nvml, "nvmlDeviceGetFieldValues", self.handle, [POWER_INSTANT_FIELD])
+        if not values or getattr(values[0], "nvmlReturn", 1) != 0:
+            return None
+        value = getattr(values[0].value, _FIELD_VALUE.get(values[0].valueType, "uiVal"), None)
+        return value / 1e3 if value is not None else None
 
 
 def group_columns(start: GpuSnapshot, end: GpuSnapshot) -> dict[str, Any]:
@@ -195,12 +287,14 @@ class EnergyReading:
     joules: float
     seconds: float
     calls: int
-    method: str  # "counter" (nvmlDeviceGetTotalEnergyConsumption) or "power_samples"
+    # "counter" (nvmlDeviceGetTotalEnergyConsumption), "power_samples" (instantaneous power
+    # integrated) or "power_average" (1-s averaged power at the end of a steady phase x its length)
+    method: str
 
 
 class PowerSampler:
-    """Integrates NVML power readings (trapezoid rule) in a thread, where the GPU has no energy
-    counter. Coarser than the counter: the power reading is itself averaged by the driver."""
+    """Integrates instantaneous power readings (trapezoid rule) in a thread, where the GPU has
+    no energy counter."""
 
     def __init__(self, read_w: Any, interval_s: float = 0.01, clock: Any = time.perf_counter) -> None:
         self._read, self._interval, self._clock = read_w, interval_s, clock
@@ -234,6 +328,32 @@ class PowerSampler:
         return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in itertools.pairwise(p))
 
 
+POWER_AVERAGING_S = 1.0  # the window of nvmlDeviceGetPowerUsage's average on Ampere and newer
+
+
+def run_for(
+    fn: Callable[[], object], synchronize: Callable[[], None], seconds: float, clock: Any
+) -> tuple[int, float]:
+    """Call `fn` for at least `seconds`, in whole batches, synchronized before each clock check
+    (never per call); (calls, seconds taken). The caller synchronized before.
+
+    Each batch is what the calls so far say is left (at most double the calls so far, at least
+    one), so the phase ends within about one call of `seconds` rather than up to twice it.
+    """
+    calls, batch = 0, 1
+    start = clock()
+    while True:
+        for _ in range(batch):
+            fn()
+        calls += batch
+        synchronize()
+        elapsed = clock() - start
+        if elapsed >= seconds:
+            return calls, elapsed
+        left = math.ceil((seconds - elapsed) * calls / elapsed - 1e-9) if elapsed > 0 else 2 * calls
+        batch = max(1, min(left, 2 * calls))
+
+
 def measure_energy(
     monitor: GpuMonitor,
     fn: Any,
@@ -242,38 +362,30 @@ def measure_energy(
     clock: Any = time.perf_counter,
     sampler: Any = None,
 ) -> EnergyReading | None:
-    """Energy used while calling `fn` repeatedly for at least `min_seconds` (whole batches of
-    calls, doubling, synchronized before each clock check). None when NVML has neither an
-    energy counter nor power readings for this GPU."""
+    """Energy used while calling `fn` repeatedly for at least `min_seconds`.
+
+    By the best reading NVML has: the energy counter; else instantaneous power integrated over the
+    phase; else the averaged power reading, which lags the load by its one-second window, so the
+    phase runs a further second first and the energy is the average at its end (a window wholly
+    inside the steady phase) times the phase's length. None without any of them.
+    """
     before = monitor.energy_mj()
-    if before is None and monitor.power_w() is None:
-        return None
-    power = None if before is not None else (sampler or PowerSampler(monitor.power_w, clock=clock))
-    calls, batch = 0, 1
     synchronize()
-    start = clock()
-    if power is not None:
-        power.__enter__()
-    try:
-        while True:
-            for _ in range(batch):
-                fn()
-            calls += batch
-            synchronize()
-            if clock() - start >= min_seconds:
-                break
-            batch *= 2
-    finally:
-        if power is not None:
-            power.__exit__(None, None, None)
-    seconds = clock() - start
     if before is not None:
+        calls, seconds = run_for(fn, synchronize, min_seconds, clock)
         after = monitor.energy_mj()
-        if after is None:
-            return None
-        return EnergyReading((after - before) / 1e3, seconds, calls, "counter")
-    joules = power.joules if power is not None else None
-    return EnergyReading(joules, seconds, calls, "power_samples") if joules is not None else None
+        return None if after is None else EnergyReading((after - before) / 1e3, seconds, calls, "counter")
+    if sampler is not None or monitor.power_instant_w() is not None:
+        power = sampler or PowerSampler(monitor.power_instant_w, clock=clock)
+        with power:
+            calls, seconds = run_for(fn, synchronize, min_seconds, clock)
+        joules = power.joules
+        return None if joules is None else EnergyReading(joules, seconds, calls, "power_samples")
+    if monitor.power_w() is None:
+        return None
+    calls, seconds = run_for(fn, synchronize, min_seconds + POWER_AVERAGING_S, clock)
+    watts = monitor.power_w()
+    return None if watts is None else EnergyReading(watts * seconds, seconds, calls, "power_average")
 
 
 def energy_columns(reading: EnergyReading | None, items_per_call: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from bench_lib.devices import make_device
 from bench_lib.environment import torch_threads
 from bench_lib.inject import injected_spec, parse_injection
 from bench_lib.models import ModelSpec, get_model
+from bench_lib.precision import float32_mode, float32_settings
 from bench_lib.results import CaseResult
 from bench_lib.suites import SUITES
 
@@ -46,14 +47,17 @@ def cases_of(request: Request) -> list[Case]:
 
 def run_request(request: Request) -> dict[str, CaseResult]:
     """Measure the group `request` describes, in this process: the results by variant (the
-    suites may add reference cases, e.g. grad mode, that the ratios need)."""
+    suites may add reference cases, e.g. grad mode, that the ratios need), under the group's
+    float32 mode (TF32 for a `tf32` group, IEEE float32 otherwise), each row recording the
+    settings it ran under."""
     if request.get("pin_malloc"):
         pin_glibc_malloc()
     cases = cases_of(request)
     group = cases[0].group
-    with torch_threads(request.get("threads")):
+    with torch_threads(request.get("threads")), float32_mode(group.dtype):
         device = make_device(group.device)
         start = device.telemetry_start()
         results = SUITES[group.suite].measure(group, cases, request, device)
         columns = device.telemetry_columns(start)  # GPU telemetry around the group, if any
+        columns |= float32_settings()  # read at the end: a model's own code may have changed them
     return {c.variant: replace(r, metrics={**r.metrics, **columns}) for c, r in results.items()}

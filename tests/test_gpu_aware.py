@@ -2,11 +2,13 @@
 allocator figures against a fake CUDA module, the precision axis, and out-of-memory handling.
 (`make gpu-check` runs the real thing on a GPU machine.)"""
 
+import json
+import sys
 import textwrap
-from types import SimpleNamespace
 
 import pytest
 import torch
+from fakes import FakeClock, FakeCuda, FakeNvml, uuid_of
 
 from bench_lib import telemetry
 from bench_lib.cases import Profile
@@ -15,63 +17,35 @@ from bench_lib.devices import CpuDevice, CudaDevice
 from bench_lib.errors import UserError
 from bench_lib.inference import input_transfer, measure_inference_group
 from bench_lib.models import ZOO
-from bench_lib.precision import autocast, parse_dtypes, unsupported_reason, within
+from bench_lib.precision import (
+    autocast,
+    float32_mode,
+    float32_settings,
+    parse_dtypes,
+    unsupported_reason,
+    within,
+)
 from bench_lib.schema import read_report
 from bench_lib.telemetry import GpuMonitor, energy_columns, group_columns, measure_energy, throttle_names
 
 PID = 4242
+PARENT, WORKER = 90000, 90001  # host PIDs, as NVML lists them from inside a container
+H100, A100 = ("NVIDIA H100 80GB HBM3", 85520809984), ("NVIDIA A100-SXM4-40GB", 42949672960)
 
 
-class NotSupported(Exception):
-    pass
+def monitor(nvml, index=0):
+    return GpuMonitor(nvml, nvml.handles[index], pid=PID)
 
 
-class FakeNvml:
-    """The pynvml functions the suite calls, with settable readings."""
-
-    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
-
-    def __init__(self, energy=True, power=True, pids=(PID,)):
-        self.energy_mj, self.power_mw = 1_000_000, 250_000
-        self.has_energy, self.has_power = energy, power
-        self.pids = list(pids)
-        self.reasons = 0x1
-        self.sm_clock, self.temperature = 1980, 40
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return f"gpu{i}"
-
-    def nvmlDeviceGetHandleByUUID(self, uuid):
-        raise NotSupported(uuid)
-
-    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
-        return self.reasons
-
-    def nvmlDeviceGetClockInfo(self, h, which):
-        return self.sm_clock if which == self.NVML_CLOCK_SM else 2619
-
-    def nvmlDeviceGetTemperature(self, h, sensor):
-        return self.temperature
-
-    def nvmlDeviceGetPowerUsage(self, h):
-        if not self.has_power:
-            raise NotSupported("power")
-        return self.power_mw
-
-    def nvmlDeviceGetUtilizationRates(self, h):
-        return SimpleNamespace(gpu=97, memory=40)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        return [SimpleNamespace(pid=p, usedGpuMemory=600 << 20) for p in self.pids]
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h):
-        if not self.has_energy:
-            raise NotSupported("energy")
-        return self.energy_mj
-
-
-def monitor(nvml):
-    return GpuMonitor(nvml, "gpu0", pid=PID)
+def cuda_device(nvml, uuid=None, **cuda_options):
+    """A CudaDevice over a fake CUDA whose cuda:0 has `uuid` (torch's form: no prefix); creating
+    its context makes NVML list the worker under a host PID."""
+    uuid = uuid or uuid_of(0)
+    cuda = FakeCuda(uuids=[uuid.removeprefix("GPU-").removeprefix("MIG-")], **cuda_options)
+    device = CudaDevice(0, cuda=cuda, nvml=nvml)
+    located = device.monitor
+    cuda.on_context = lambda d: located and nvml.add_process(located.handle, WORKER, 300 << 20)
+    return device, cuda
 
 
 def test_throttle_reasons_are_named():
@@ -82,7 +56,9 @@ def test_throttle_reasons_are_named():
 
 
 def test_a_snapshot_reads_every_field_and_counts_other_processes():
-    nvml = FakeNvml(pids=(PID, 777))
+    nvml = FakeNvml()
+    nvml.add_process(nvml.handles[0], PID)
+    nvml.add_process(nvml.handles[0], 777)
     snap = monitor(nvml).snapshot()
     assert snap == telemetry.GpuSnapshot(
         throttle="gpu_idle", sm_clock_mhz=1980, mem_clock_mhz=2619, temperature_c=40, power_w=250.0,
@@ -90,23 +66,117 @@ def test_a_snapshot_reads_every_field_and_counts_other_processes():
     )  # fmt: skip
 
 
-def test_without_our_pid_in_the_list_one_process_is_taken_to_be_us():
-    """In a container NVML may list host PIDs: one process is then this one, not a disturbance."""
-    snap = monitor(FakeNvml(pids=(99,))).snapshot()
-    assert snap.other_processes == 0 and snap.process_memory_bytes is None
-    assert monitor(FakeNvml(pids=(98, 99))).snapshot().other_processes == 1
+def test_a_process_not_found_by_pid_is_this_one_only_if_this_one_has_a_context():
+    nvml = FakeNvml()
+    nvml.add_process(nvml.handles[0], 99)
+    assert monitor(nvml).snapshot(has_context=True).other_processes == 0
+    assert monitor(nvml).snapshot(has_context=False).other_processes == 1
+    nvml.add_process(nvml.handles[0], 98)
+    assert monitor(nvml).snapshot(has_context=True).other_processes == 1
+
+
+def test_in_a_pid_namespace_the_process_that_appears_with_our_context_is_us():
+    """The suite's parent held a context when the worker started (it left before the end): a
+    disturbance the group must report. The worker has no context at telemetry_start; once it has,
+    NVML lists it under a host PID, which gives its own memory and the context's footprint."""
+    nvml = FakeNvml()
+    nvml.add_process(nvml.handles[0], PARENT)
+    device, _ = cuda_device(nvml)
+    start = device.telemetry_start()
+    nvml.remove_process(nvml.handles[0], PARENT)
+    cols = device.telemetry_columns(start)
+    assert cols["gpu_other_processes"] == 1
+    assert cols["gpu_process_memory_bytes"] == 300 << 20
+    assert cols["cuda_context_bytes"] == (300 << 20) - (200 << 20)
+    assert "gpu_telemetry_note" not in cols
+
+
+def test_a_worker_alone_on_the_gpu_is_not_disturbed():
+    nvml = FakeNvml()
+    device, _ = cuda_device(nvml)
+    cols = device.telemetry_columns(device.telemetry_start())
+    assert cols["gpu_other_processes"] == 0 and cols["gpu_process_memory_bytes"] == 300 << 20
+
+
+def test_the_monitor_finds_the_cuda_device_by_uuid_not_by_index():
+    """CUDA_VISIBLE_DEVICES=1: torch's cuda:0 is NVML's GPU 1."""
+    nvml = FakeNvml(gpus=(A100, H100))
+    device, _ = cuda_device(nvml, uuid=uuid_of(1))
+    assert device.monitor.handle is nvml.handles[1] and device.telemetry_note == ""
+
+
+def test_a_mig_instance_is_found_by_its_mig_uuid_and_has_no_energy():
+    nvml = FakeNvml(gpus=(H100,), mig={0: (("NVIDIA H100 80GB HBM3 MIG 1g.10gb", 10 << 30),) * 2})
+    instance = nvml.instances[0][1]
+    device, cuda = cuda_device(nvml, uuid=instance.uuid)
+    mon = device.monitor
+    assert mon.handle is instance and mon.gpu_handle is nvml.handles[0] and mon.mig
+    nvml.add_process(nvml.instances[0][0], PARENT)  # in the other instance: not ours to count
+    cols = device.telemetry_columns(device.telemetry_start())
+    assert cols["gpu_sm_clock_mhz_start"] == 1980 and cols["gpu_throttle_end"] == "gpu_idle"  # the GPU's
+    assert cols["gpu_util_percent"] is None and cols["gpu_other_processes"] == 0
+    assert "MIG instance" in cols["gpu_telemetry_note"]
+    assert device.energy(cuda.kernel(0.01), 0.1) is None  # the GPU's counter counts every instance
+
+
+def test_an_unknown_uuid_gives_no_telemetry_and_says_why_never_another_gpus():
+    nvml = FakeNvml(gpus=(A100, H100))
+    device, _ = cuda_device(nvml, uuid="deadbeef-0000-4000-8000-000000000000")
+    assert device.monitor is None
+    note = device.telemetry_columns(device.telemetry_start())["gpu_telemetry_note"]
+    assert note == (
+        "no NVML telemetry: NVML knows no device with UUID GPU-deadbeef-0000-4000-8000-000000000000 "
+        "or MIG-deadbeef-0000-4000-8000-000000000000"
+    )
+
+
+def test_without_nvml_the_row_says_why(monkeypatch):
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: (None, "NVML not available: no driver"))
+    monkeypatch.setattr("bench_lib.devices.load_nvml", telemetry.load_nvml)
+    device = CudaDevice(0, cuda=FakeCuda())
+    assert device.telemetry_columns(device.telemetry_start()) == {
+        "gpu_telemetry_note": "no NVML telemetry: NVML not available: no driver"
+    }
+
+
+def test_readings_an_older_driver_lacks_fall_back_to_the_older_api():
+    """pynvml defines nvmlDeviceGetCurrentClocksEventReasons and the v3 process list, but a driver
+    older than them raises NVMLError_FunctionNotFound: the older functions answer instead."""
+    nvml = FakeNvml(
+        missing=frozenset({"nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetComputeRunningProcesses"})
+    )
+    nvml.reasons = 0x20
+    nvml.add_process(nvml.handles[0], PID)
+    snap = monitor(nvml).snapshot()
+    assert snap.throttle == "sw_thermal" and snap.process_memory_bytes == 600 << 20
 
 
 def test_unsupported_readings_are_empty_never_invented():
-    nvml = FakeNvml(power=False)
+    nvml = FakeNvml(
+        power="",
+        missing=frozenset(
+            {"nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"}
+        ),
+    )
     snap = monitor(nvml).snapshot()
-    assert snap.power_w is None and snap.sm_clock_mhz == 1980
+    assert snap.power_w is None and snap.other_processes is None and snap.sm_clock_mhz == 1980
+
+
+def test_bugs_are_not_taken_for_unsupported_readings():
+    class Buggy(FakeNvml):
+        def nvmlDeviceGetTemperature(self, h, sensor):
+            raise TypeError("a bug, not NVML saying no")
+
+    with pytest.raises(TypeError):
+        monitor(Buggy()).snapshot()
 
 
 def test_group_columns_report_start_and_end():
     nvml = FakeNvml()
+    nvml.add_process(nvml.handles[0], PID)
     start = monitor(nvml).snapshot()
-    nvml.reasons, nvml.sm_clock, nvml.temperature, nvml.pids = 0x20, 1410, 83, [PID, 5]
+    nvml.reasons, nvml.sm_clock, nvml.temperature = 0x20, 1410, 83
+    nvml.add_process(nvml.handles[0], 5)
     cols = group_columns(start, monitor(nvml).snapshot())
     assert cols["gpu_throttle_start"] == "gpu_idle" and cols["gpu_throttle_end"] == "sw_thermal"
     assert (cols["gpu_sm_clock_mhz_start"], cols["gpu_sm_clock_mhz_end"]) == (1980, 1410)
@@ -114,35 +184,32 @@ def test_group_columns_report_start_and_end():
     assert cols["gpu_other_processes"] == 1 and cols["gpu_util_percent"] == 97
 
 
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-
 def test_energy_from_the_counter_over_whole_batches_of_calls():
-    """Each call takes 0.1 s and 30 J: the phase doubles its batches until >= 1 s has passed
-    (1 + 2 + 4 + 8 = 15 calls), and the counter difference is exactly 15 x 30 J."""
-    nvml, clock, syncs = FakeNvml(), Clock(), []
+    """Each call takes 0.125 s and 30 J: batches of what the calls so far say is left (at most
+    double them): 1, 2, then 5 calls make exactly 1 s, and the counter difference is 8 x 30 J."""
+    nvml, clock, syncs = FakeNvml(), FakeClock(), []
 
     def call():
-        clock.t += 0.1
+        clock.now += 0.125
         nvml.energy_mj += 30_000
 
     reading = measure_energy(monitor(nvml), call, lambda: syncs.append(1), 1.0, clock=clock)
-    assert reading == telemetry.EnergyReading(
-        joules=450.0, seconds=pytest.approx(1.5), calls=15, method="counter"
-    )
-    assert len(syncs) == 5  # once before, once per batch: never per call
+    assert reading == telemetry.EnergyReading(joules=240.0, seconds=1.0, calls=8, method="counter")
+    assert len(syncs) == 4  # once before, once per batch: never per call
     cols = energy_columns(reading, items_per_call=8)
-    assert cols["energy_j_per_item"] == pytest.approx(450 / 15 / 8)
-    assert cols["gpu_power_w"] == pytest.approx(300.0) and cols["energy_method"] == "counter"
+    assert cols["energy_j_per_item"] == pytest.approx(240 / 8 / 8)
+    assert cols["gpu_power_w"] == pytest.approx(240.0) and cols["energy_method"] == "counter"
 
 
-def test_energy_falls_back_to_integrated_power_and_says_so():
-    nvml, clock = FakeNvml(energy=False), Clock()
+def test_an_energy_phase_ends_within_a_call_of_its_length():
+    for seconds in (0.3, 0.5, 1.0, 2.0):
+        clock = FakeClock()
+        calls, took = telemetry.run_for(clock.work(0.0037), lambda: None, seconds, clock)
+        assert seconds <= took < seconds + 0.0037 + 1e-9 and calls == round(took / 0.0037)
+
+
+def test_energy_falls_back_to_integrated_instant_power_and_says_so():
+    nvml, clock = FakeNvml(energy=False, power="instant"), FakeClock()
 
     class Sampler:
         joules = 12.5
@@ -153,11 +220,32 @@ def test_energy_falls_back_to_integrated_power_and_says_so():
         def __exit__(self, *exc):
             pass
 
-    def call():
-        clock.t += 0.5
+    reading = measure_energy(
+        monitor(nvml), clock.work(0.5), lambda: None, 1.0, clock=clock, sampler=Sampler()
+    )
+    assert reading.method == "power_samples" and reading.joules == 12.5 and reading.calls == 2
 
-    reading = measure_energy(monitor(nvml), call, lambda: None, 1.0, clock=clock, sampler=Sampler())
-    assert reading.method == "power_samples" and reading.joules == 12.5 and reading.calls == 3
+
+def test_averaged_power_is_read_only_once_its_window_lies_inside_the_phase():
+    """Only the 1-s average of nvmlDeviceGetPowerUsage (Ampere and newer, no counter): the GPU
+    idles at 100 W, each call draws 300 W for 0.125 s. Integrating the lagging average over a short
+    phase would mix in the idle second before it; the phase runs a second longer and takes the
+    average at its end: exactly 37.5 J per call."""
+    clock, busy = FakeClock(), []
+
+    def trace(t):
+        return 300.0 if any(a <= t < b for a, b in busy) else 100.0
+
+    nvml = FakeNvml(energy=False, power="average", clock=clock, power_trace=trace)
+    clock.now = 10.0  # idle until now
+
+    def call():
+        busy.append((clock.now, clock.now + 0.125))
+        clock.now += 0.125
+
+    reading = measure_energy(monitor(nvml), call, lambda: None, 0.5, clock=clock)
+    assert reading.method == "power_average" and reading.calls == 12 and reading.seconds == 1.5
+    assert reading.joules / reading.calls == pytest.approx(300 * 0.125, rel=1e-3)
 
 
 def test_power_sampler_integrates_by_the_trapezoid_rule():
@@ -179,27 +267,9 @@ def test_power_sampler_integrates_by_the_trapezoid_rule():
 
 
 def test_no_energy_without_counter_or_power():
-    assert (
-        measure_energy(monitor(FakeNvml(energy=False, power=False)), lambda: None, lambda: None, 1.0) is None
-    )
+    nvml = FakeNvml(energy=False, power="")
+    assert measure_energy(monitor(nvml), lambda: None, lambda: None, 1.0) is None
     assert energy_columns(None, 1) == {}
-
-
-class FakeCuda:
-    def synchronize(self, index=None):
-        pass
-
-    def memory_reserved(self, index=None):
-        return 200 << 20
-
-
-def test_cuda_context_footprint_is_process_memory_minus_reserved():
-    nvml = FakeNvml()
-    device = CudaDevice(0, cuda=FakeCuda(), monitor=monitor(nvml))
-    start = device.telemetry_start()
-    cols = device.telemetry_columns(start)
-    assert cols["cuda_context_bytes"] == (600 << 20) - (200 << 20)
-    assert cols["gpu_throttle_end"] == "gpu_idle"
 
 
 def test_the_cpu_has_no_gpu_columns_and_no_energy():
@@ -210,14 +280,10 @@ def test_the_cpu_has_no_gpu_columns_and_no_energy():
     }
 
 
-def test_monitor_is_none_without_nvml(monkeypatch):
-    monkeypatch.setattr(telemetry, "load_nvml", lambda: None)
-    assert GpuMonitor.open(0) is None
-
-
 def test_dtypes_parse_with_aliases_and_reject_unknown_ones():
     assert parse_dtypes("") == ["float32"]
-    assert parse_dtypes("fp32, bf16,fp16,bfloat16") == ["float32", "bfloat16", "float16"]
+    assert parse_dtypes("fp32, bf16,fp16,bfloat16,tf32") == ["float32", "bfloat16", "float16", "tf32"]
+    assert parse_dtypes("tfloat32") == ["tf32"]
     with pytest.raises(UserError, match="unknown dtype 'int8'"):
         parse_dtypes("int8")
 
@@ -225,9 +291,40 @@ def test_dtypes_parse_with_aliases_and_reject_unknown_ones():
 def test_unsupported_precisions_are_said_not_assumed():
     assert unsupported_reason("cpu", "float32") is None
     assert "CUDA only" in unsupported_reason("cpu", "float16")
-    no_bf16 = SimpleNamespace(is_available=lambda: True, is_bf16_supported=lambda: False)
-    assert unsupported_reason("cuda", "bfloat16", cuda=no_bf16) == "this GPU does not support bfloat16"
-    assert unsupported_reason("cuda", "float16", cuda=no_bf16) is None
+    assert "CUDA only" in unsupported_reason("cpu", "tf32")
+    volta = FakeCuda(capability=(7, 0))
+    assert unsupported_reason("cuda", "bfloat16", cuda=volta) == "this GPU does not support bfloat16"
+    assert unsupported_reason("cuda", "float16", cuda=volta) is None
+    assert unsupported_reason("cuda", "tf32", cuda=volta) == (
+        "this GPU has no TF32 (compute capability 7.0; TF32 needs 8.0 or newer)"
+    )
+    assert unsupported_reason("cuda", "tf32", cuda=FakeCuda(capability=(9, 0))) is None
+
+
+def test_float32_cases_run_without_tf32_and_tf32_cases_with_it():
+    """torch's default runs float32 convolutions in TF32 (cudnn.allow_tf32): a float32 case turns
+    it off, a tf32 case turns TF32 on for matmuls and convolutions; both are restored after."""
+    before = float32_settings()
+    assert before == {"float32_matmul_precision": "highest", "cuda_matmul_tf32": False, "cudnn_tf32": True}
+    with float32_mode("float32"):
+        assert float32_settings() == {"float32_matmul_precision": "highest", "cuda_matmul_tf32": False,
+                                      "cudnn_tf32": False}  # fmt: skip
+    with float32_mode("tf32"):
+        assert float32_settings() == {"float32_matmul_precision": "high", "cuda_matmul_tf32": True,
+                                      "cudnn_tf32": True}  # fmt: skip
+    assert float32_settings() == before
+
+
+def test_every_row_records_the_float32_settings_it_ran_under():
+    from bench_lib.cases import get_profile
+    from bench_lib.worker import run_request
+
+    profile = {**get_profile("tiny").__dict__, "energy_seconds": 0.0}
+    request = {"suite": "inference", "model": "mlp", "device": "cpu", "batch_size": 1, "dtype": "float32",
+               "variants": ["grad"], "profile": profile, "threads": 1}  # fmt: skip
+    result = run_request(request)["grad"]
+    assert result.ok and result.row()["float32_matmul_precision"] == "highest"
+    assert result.row()["cudnn_tf32"] is False and result.row()["cuda_matmul_tf32"] is False
 
 
 def test_autocast_contexts_combine_with_grad_modes():
@@ -298,24 +395,36 @@ def test_a_worker_killed_like_by_the_oom_killer_is_an_oom_case(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_check_pipeline_runs_on_the_cpu(tmp_path):
-    """`make gpu-check` itself needs a GPU; `--device cpu` runs the same pipeline here."""
+def test_gpu_check_pipeline_runs_on_the_cpu_and_its_checks_pass(tmp_path):
+    """`make gpu-check` itself needs a GPU; `--device cpu` runs the same pipeline here, with its
+    CPU defaults (tiny profile, mlp, a 256 x 256 matmul), from another folder with a relative
+    --out. Every check must pass, the matmul agreement included."""
     import json
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "bench_lib.gpucheck", "--out", str(tmp_path), "--device", "cpu", "--profile",
-           "tiny", "--models", "mlp", "--dtypes", "float32", "--matmul-size", "256"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
-    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
-    checks = json.loads((tmp_path / "checks.json").read_text())
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "bench_lib.gpucheck", "--out", "proof", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = tmp_path / "proof"
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    checks = json.loads((out / "checks.json").read_text())
+    assert checks["matmul"]["passed"] and abs(checks["matmul"]["ratio"] - 1) <= 0.05
     assert checks["benchmark"]["passed"] and checks["memory_identical"]["passed"]
     assert checks["memory_identical"]["cases"] == 6 and checks["cuda_tests"]["passed"]
-    assert checks["matmul"]["suite_ms"] > 0 and checks["matmul"]["timer_ms"] > 0
-    assert (tmp_path / "cpu.csv").is_file() and (tmp_path / "cpu.html").is_file()
-    assert len(read_report(tmp_path / "cpu.csv")) == 3 + 6 + 16  # ruler, inference, finetune
+    assert set(checks["steps"]) == {"facts", "matmul", "bench-1", "bench-2", "cuda-tests"}
+    assert all(step["exit_code"] == 0 and step["seconds"] > 0 for step in checks["steps"].values())
+    assert (
+        (out / "cpu.csv").is_file()
+        and (out / "cpu.html").is_file()
+        and (out / "steps" / "bench-1.log").is_file()
+    )
+    assert len(read_report(out / "cpu.csv")) == 3 + 6 + 16  # ruler, inference, finetune
+    assert proc.stdout.rstrip().endswith(f"gpu-check: all checks passed (details in {out / 'checks.json'})")
+    assert "matmul            ok" in proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
@@ -325,6 +434,119 @@ def test_gpu_check_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
     assert gpucheck(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gpu-check needs a GPU" in err
+    assert not (tmp_path / "checks.json").exists()
+
+
+def test_the_gpu_check_parent_measures_nothing_itself(tmp_path, monkeypatch):
+    """The matmul check (and everything else that runs on the device) happens in child
+    processes: a CUDA context in the parent would show in NVML as another process on the GPU
+    during every benchmark case. Here the parent may not create a tensor at all."""
+    from bench_lib import gpucheck
+
+    commands = []
+
+    def step(self, name, cmd):
+        commands.append((name, cmd))
+        self.results.setdefault("steps", {})[name] = {"exit_code": 0, "seconds": 0.1, "last_line": ""}
+        return self.results["steps"][name]
+
+    def no_tensors(*args, **kwargs):
+        raise AssertionError("the gpu-check parent created a tensor")
+
+    monkeypatch.setattr(gpucheck.Check, "step", step)
+    for name in ("randn", "empty", "ones", "zeros"):
+        monkeypatch.setattr(torch, name, no_tensors)
+    assert gpucheck.main(["--out", str(tmp_path), "--device", "cpu"]) == 1  # no benchmark report
+    assert [name for name, _ in commands] == ["facts", "matmul", "bench-1", "bench-2", "cuda-tests"]
+    matmul = dict(commands)["matmul"]
+    assert matmul[1:5] == ["-m", "bench_lib.gpucheck", "matmul", "--device"]
+    checks = json.loads((tmp_path / "checks.json").read_text())
+    assert checks["benchmark"] == {"passed": False, "why": "bench-1 wrote no report (see steps/bench-1.log)"}
+
+
+def test_a_step_past_its_time_is_killed_with_its_children_and_the_run_goes_on(tmp_path):
+    import time
+
+    from bench_lib.gpucheck import Check, Log
+
+    log = Log(tmp_path / "log", time.monotonic())
+    check = Check(tmp_path, log, deadline=time.monotonic() + 60, caps={"sleepy": 1.0})
+    grandchild = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    began = time.monotonic()
+    done = check.step("sleepy", [sys.executable, "-c", grandchild])
+    assert done["timed_out"] and done["exit_code"] is None and time.monotonic() - began < 10
+    assert json.loads((tmp_path / "checks.json").read_text())["steps"]["sleepy"]["timed_out"]
+    late = Check(tmp_path, log, deadline=time.monotonic() - 1, caps={})
+    assert late.step("more", [sys.executable, "-c", "pass"]) == {"skipped": "the time limit was reached"}
+
+
+def test_preflight_says_each_missing_piece_in_one_line(monkeypatch):
+    from bench_lib import preflight
+
+    too_old = preflight.package_finding("pandas", "2.2", "4", "2.0.3")
+    assert too_old.line() == "preflight: MISSING pandas: 2.0.3 installed, needs >= 2.2 and < 4"
+    missing = preflight.package_finding("pytest-benchmark", "5.1", "6", None)
+    assert missing.line() == "preflight: MISSING pytest-benchmark: not installed, needs >= 5.1 and < 6"
+    optional = preflight.package_finding("matplotlib", "3.8", None, None)
+    assert not optional.required and optional.line().startswith(
+        "preflight: warning matplotlib: not installed"
+    )
+    assert preflight.package_finding("torch", "2.4", None, "2.11.0+cu130").ok
+    newer = preflight.package_finding("pytest", "8.0", "10", "10.1")
+    assert not newer.required and newer.line() == (
+        "preflight: warning pytest: 10.1 installed, newer than tested (>= 8.0 and < 10): going on"
+    )
+    old = preflight.preflight("cuda", version=(3, 10, 12))
+    assert [f.line().split(" (")[0] for f in old] == ["preflight: MISSING python: 3.10.12"]
+    names = [f.name for f in preflight.preflight("cpu")]
+    assert names[:2] == ["python", "torch"] and "pytest-benchmark" in names and "pandas" in names
+
+
+def test_preflight_names_what_torch_compile_lacks(monkeypatch):
+    from bench_lib import preflight
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: None)
+    assert preflight.compile_problem("cpu") == (
+        "torch.compile on the CPU needs a C++ compiler (no c++, g++ or clang++ on PATH; or set CXX)"
+    )
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: object())
+    assert "needs a C compiler for Triton" in preflight.compile_problem("cuda")
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: None)
+    assert preflight.compile_problem("cuda") == "torch.compile on CUDA needs Triton, which is not installed"
+
+
+def test_compiled_cases_without_a_toolchain_are_skipped_with_the_reason(monkeypatch):
+    from bench_lib import session
+    from bench_lib.cases import Case
+
+    monkeypatch.setattr(session, "compile_problem", lambda kind: "no compiler here")
+    assert (
+        session.unavailable(Case("inference", "mlp", "cpu", "grad", 1, compile="inductor"))
+        == "no compiler here"
+    )
+    assert session.unavailable(Case("inference", "mlp", "cpu", "grad", 1)) is None
+
+
+def test_gpu_check_verdicts_on_report_frames():
+    from bench_lib.gpucheck import energy_coverage, float32_modes, undisturbed
+    from bench_lib.schema import to_frame
+
+    def row(dtype, others, matmul_tf32, cudnn_tf32, energy=0.5):
+        return {"suite": "inference", "model": "cnn", "device": "cuda", "mode": "grad", "batch_size": 32,
+                "dtype": dtype, "status": "ok", "gpu_other_processes": others, "cuda_matmul_tf32": matmul_tf32,
+                "cudnn_tf32": cudnn_tf32, "energy_j_per_item": energy, "energy_method": "counter"}  # fmt: skip
+
+    good = to_frame([row("float32", 0, False, False), row("tf32", 0, True, True)])
+    assert float32_modes(good)["passed"] and undisturbed(good)["passed"] and energy_coverage(good)["passed"]
+    bad = to_frame([row("float32", 1, False, True, None), row("tf32", None, True, True)])
+    assert float32_modes(bad)["wrong"] == ["inference-cnn-float32: cuBLAS TF32 False, cuDNN TF32 True"]
+    assert (
+        undisturbed(bad)["with_other_processes"] == ["inference-cnn-float32: 1"]
+        and not undisturbed(bad)["passed"]
+    )
+    assert energy_coverage(bad)["with_energy"] == 1 and not energy_coverage(bad)["passed"]
 
 
 def test_float16_training_steps_go_through_a_grad_scaler():
