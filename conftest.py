@@ -72,6 +72,13 @@ OPTIONS = (
     ),
     ("results-dir", "BENCH_RESULTS_DIR", "results", "folder for the CSV reports"),
     (
+        "history",
+        "BENCH_HISTORY",
+        "on",
+        "add the run to the results history: on (the configured store, else <results-dir>/history.sqlite), "
+        "off, or a database path or postgresql:// URL",
+    ),
+    (
         "malloc",
         "BENCH_MALLOC",
         "pinned",
@@ -79,6 +86,7 @@ OPTIONS = (
     ),
 )
 CONFIG_KEY = pytest.StashKey[RunConfig]()
+HISTORY_KEY = pytest.StashKey[str]()
 SESSION_KEY = pytest.StashKey[BenchSession]()
 
 
@@ -164,8 +172,18 @@ def report_to_pytest_benchmark(benchmark, result: CaseResult) -> None:  # type: 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     bench = session.config.stash.get(SESSION_KEY, None)
-    if bench is not None:
-        bench.close()
+    if bench is None:
+        return
+    path = bench.close()
+    if path is not None:
+        from bench_lib.history.ingest import add_session_run
+
+        config = session.config
+        line = add_session_run(
+            path, config.getoption("--bench-history"), bench.config.results_dir, config.rootpath
+        )
+        if line:
+            config.stash[HISTORY_KEY] = line
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table
@@ -183,3 +201,5 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  #
     tr.write_line(render_summary(bench.writer.frame()))
     tr.write_line("")
     tr.write_line(f"report: {bench.writer.path} (copied to {bench.writer.results_dir / 'latest.csv'})")
+    if HISTORY_KEY in config.stash:
+        tr.write_line(config.stash[HISTORY_KEY])

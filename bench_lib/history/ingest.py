@@ -252,3 +252,29 @@ def add_reports(
                 progress(added)
             start = time.perf_counter()
     return done
+
+
+HISTORY_SETTINGS = "on, off, or a database (a path or a URL)"
+
+
+def add_session_run(report: Path, setting: str, results_dir: Path, root: Path) -> str | None:
+    """What `make bench` does at the end of a run: add it to the history and say so in one line.
+
+    `setting` is `--bench-history`: "on" (the configured store, else `<results dir>/history.sqlite`),
+    "off", or a database. A failure is reported, never fatal: the run's report is written already.
+    """
+    text = setting.strip()
+    if text.lower() in ("off", "0", "no", "false", ""):
+        return None
+    if text.lower() in ("on", "1", "yes", "true"):
+        text = ""
+    try:
+        from bench_lib.history.store import configured_db
+
+        db = text or configured_db(root / "pyproject.toml") or str(results_dir / "history.sqlite")
+        with Store.open(db, root / "pyproject.toml") as store:
+            done = add_reports(store, [report], cwd=root)
+            branch = store.list_runs(run_id=done[0].run_id)[0]["branch"] if done else ""
+            return f"history: run {done[0].outcome} in {store.name} (branch {branch or 'unknown'})"
+    except UserError as exc:
+        return f"history: the run was not added ({exc})"

@@ -185,8 +185,8 @@ class Store:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.url = engine.url
-        self.name = _shown(engine.url)
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.name = str(engine.url.database) if self.is_sqlite else _shown(engine.url)
         self._checked = False
 
     @classmethod
