@@ -270,7 +270,7 @@ class Store:
                     {"key": "schema_version", "value": str(STORE_VERSION)},
                 ],
             )
-        info = dict(conn.execute(sa.select(meta.c.key, meta.c.value)).tuples().all())
+        info = dict(conn.execute(sa.select(meta.c.key, meta.c.value)).all())
         if info.get("application") != APPLICATION:
             raise UserError(f"{self.name}: {meta.name} does not belong to a bench_lib history")
         try:
@@ -303,7 +303,7 @@ class Store:
         ]
         with self.writing() as conn:
             conn.execute(_insert_ignoring(self, cases, list(KEY_FIELDS)), rows)
-            found = conn.execute(sa.select(cases.c.id, *(cases.c[k] for k in KEY_FIELDS))).tuples().all()
+            found = conn.execute(sa.select(cases.c.id, *(cases.c[k] for k in KEY_FIELDS))).all()
         known = {tuple(r[1:]): r[0] for r in found}
         return {k: known[k] for k in keys}
 
@@ -327,9 +327,9 @@ class Store:
                     ],
                 )  # fmt: skip
                 ids = dict(
-                    conn.execute(sa.select(results.c.case_id, results.c.id).where(results.c.run == run_pk))
-                    .tuples()
-                    .all()
+                    conn.execute(
+                        sa.select(results.c.case_id, results.c.id).where(results.c.run == run_pk)
+                    ).all()
                 )
                 figure_rows = [
                     {"result": ids[case_ids[r["key"]]], "metric": m, "value": v}
@@ -388,7 +388,7 @@ class Store:
     def labels(self) -> dict[str, int]:
         """Every case label and its id."""
         with self.reading() as conn:
-            return dict(conn.execute(sa.select(cases.c.label, cases.c.id)).tuples().all())
+            return dict(conn.execute(sa.select(cases.c.label, cases.c.id)).all())
 
     def list_runs(self, **where: Any) -> list[dict[str, Any]]:
         """The stored runs (equality filters on `runs` columns), oldest first."""
@@ -466,7 +466,7 @@ class Store:
                 sa.select(figures.c.result, figures.c.metric, figures.c.value)
                 .select_from(figures.join(results))
                 .where(results.c.run.in_(run_pks))
-            ).tuples():
+            ):
                 values.setdefault(result, {})[metric] = value
         for row in out:
             row["figures"] = values.get(row["result"], {})
@@ -480,7 +480,7 @@ class Store:
                 sa.select(
                     samples.c.result, samples.c.process, samples.c.latency_ms, samples.c.host_latency_ms
                 ).where(samples.c.result.in_(result_ids))
-            ).tuples():
+            ):
                 out.setdefault(result, {})[process] = (lat, host)
         return out
 
