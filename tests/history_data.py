@@ -31,9 +31,11 @@ def write_run(
     processes: int = 2,
     rounds: int = 10,
     template: Path = TEMPLATE,
+    models: tuple[str, ...] | None = None,
 ) -> Path:
     """Run `i` (an hour after run i - 1) of commit `commit` (default `c<i>`), as a report and
-    its samples in `folder`; returns the report's path."""
+    its samples in `folder`; returns the report's path. `scale` and `mem_extra` apply to the
+    cases of `models` (default: every case)."""
     when = START + timedelta(hours=i)
     run_id = f"{when:%Y%m%dT%H%M%SZ}_{machine}"
     rng = np.random.default_rng(i)
@@ -43,10 +45,12 @@ def write_run(
         git_commit=commit if commit is not None else f"{i:04x}{0:036x}",
     )  # fmt: skip
     ok = frame["status"] == "ok"
-    level = scale * float(np.exp(rng.normal(0, noise)))
+    chosen = frame["model"].isin(models) if models is not None else ok
+    level = float(np.exp(rng.normal(0, noise)))
     for column in LATENCY_COLUMNS:
-        frame[column] = (frame[column].astype("Float64") * level).astype("Float64")
-    frame.loc[ok & frame["mem_peak_bytes"].notna(), "mem_peak_bytes"] += mem_extra
+        factor = np.where(chosen, scale * level, level)
+        frame[column] = (frame[column].astype("Float64") * factor).astype("Float64")
+    frame.loc[ok & chosen & frame["mem_peak_bytes"].notna(), "mem_peak_bytes"] += mem_extra
     samples = []
     for row in frame[ok & frame["latency_ms_median"].notna()].to_dict("records"):
         key = {k: ("" if pd.isna(row[k]) else row[k]) for k in KEY_FIELDS}

@@ -96,7 +96,7 @@ def test_adding_a_run_twice_changes_nothing(db, tmp_path):
         "figures": 0,
         "samples": SAMPLED * 2,
     }
-    assert list(run_counts(db).values())[0][2] == SAMPLED * 2
+    assert next(iter(run_counts(db).values()))[2] == SAMPLED * 2
 
 
 def test_the_same_run_with_other_content_is_refused(db, tmp_path):

@@ -39,11 +39,11 @@ def _write(text: str, out: str | None) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-def _metrics(text: str | None) -> tuple[str, ...]:
-    from bench_lib.history.changepoints import DEFAULT_METRICS
+def _metrics(text: str | None, default: str = "DEFAULT_METRICS") -> tuple[str, ...]:
+    from bench_lib.history import changepoints
 
     if not text:
-        return DEFAULT_METRICS
+        return getattr(changepoints, default)
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
@@ -93,21 +93,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regressions(args: argparse.Namespace) -> int:
-    from bench_lib.history.changepoints import detect
+    from bench_lib.history.changepoints import detect_all
     from bench_lib.history.report import render_regressions
     from bench_lib.history.series import branch_series, resolve_fingerprint
 
     config = _config(args)
     branch = args.branch or config.branch
     with _store(args) as store:
+        metrics = _metrics(args.metric, "STEP_METRICS")
         series = branch_series(
-            store, args.patterns, branch, _metrics(args.metric), resolve_fingerprint(store, args.machine)
+            store, args.patterns, branch, metrics, resolve_fingerprint(store, args.machine)
         )
-    steps = [s for one in series for s in detect(one, config.rules)]
-    if not args.all:
-        steps = [s for s in steps if s.regression]
+    steps = detect_all(series, config.rules)
     steps.sort(key=lambda s: (s.time, s.label, s.metric), reverse=True)
-    print(render_regressions(steps, branch, not args.all))
+    print(render_regressions(steps, branch, not args.all, len(series)))
     return 0
 
 
@@ -237,6 +236,7 @@ def add_commands(sub: Any) -> None:
         "regressions", help="steps on the default branch, newest first, with the commits to bisect"
     )
     _selection(reg, "branch (default: branch in [tool.bench_lib.history], else main)")
+    reg.epilog = "Searched by default: latency_ms_min (each run's fastest round) and the memory figures."
     reg.add_argument("--all", action="store_true", help="improvements too")
     _common(reg)
     reg.set_defaults(func=cmd_regressions)

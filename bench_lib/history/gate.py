@@ -93,7 +93,12 @@ def load_history(
 
 def _report_row(result: dict[str, Any]) -> dict[str, Any]:
     """A stored result as a report row (the columns the gate reads)."""
-    row = {c: result[c] for c in COLUMN_NAMES if c in result and c not in ("timestamp_utc",)}
+    # the store keeps "" for a missing text, a report NA
+    row = {
+        c: (None if result[c] == "" else result[c])
+        for c in COLUMN_NAMES
+        if c in result and c != "timestamp_utc"
+    }
     row |= {k: result[k] for k in KEY_FIELDS}
     row |= {"schema_version": SCHEMA_VERSION, "status": result["status"], "error": result["error"]}
     row |= {k: v for k, v in (result["notes"] or {}).items() if k in COLUMN_NAMES}

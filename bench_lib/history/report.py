@@ -16,7 +16,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench_lib.history.changepoints import DEFAULT_METRICS, Series, Step, StepRules, detect, series_points
+from bench_lib.history.changepoints import (
+    DEFAULT_METRICS,
+    STEP_METRICS,
+    Series,
+    Step,
+    StepRules,
+    detect_all,
+    series_points,
+)
 from bench_lib.history.series import clean, grouped, machine_of, matching_cases
 from bench_lib.history.store import Store
 
@@ -65,7 +73,8 @@ def trends(
     by_case: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         by_case.setdefault((row["label"], row["fingerprint"]), []).append(row)
-    out = []
+    found: list[tuple[str, str, str, tuple[str, ...], tuple[Run, ...]]] = []
+    searched: list[Series] = []
     for (label, fp), group in sorted(by_case.items()):
         runs: dict[str, Run] = {}
         for row in group:
@@ -88,14 +97,27 @@ def trends(
             continue
         shown = tuple(runs.values())[-last:] if last else tuple(runs.values())
         present = tuple(m for m in metrics if any(m in r.values for r in shown))
-        on_default = [r for r in clean(group) if r["branch"] == default_branch]
-        steps = []
+        on_default = [
+            r for r in clean(group) if r["branch"] == default_branch and r["metric"] in STEP_METRICS
+        ]
         for (_label, _fp, metric), series_rows in grouped(on_default).items():
             exact = metric.endswith("_bytes")
-            series = Series(fp, machine_of(group[-1]), label, metric, series_points(series_rows, exact))
-            steps += detect(series, rules)
-        out.append(Trend(label, fp, machine_of(group[-1]), present, shown, tuple(steps)))
-    return out
+            searched.append(
+                Series(fp, machine_of(group[-1]), label, metric, series_points(series_rows, exact))
+            )
+        found.append((label, fp, machine_of(group[-1]), present, shown))
+    steps = detect_all(searched, rules)
+    return [
+        Trend(
+            label,
+            fp,
+            machine,
+            present,
+            shown,
+            tuple(s for s in steps if (s.label, s.fingerprint) == (label, fp)),
+        )
+        for label, fp, machine, present, shown in found
+    ]
 
 
 def _value(metric: str, value: float | None) -> str:
@@ -109,7 +131,8 @@ def describe(step: Step) -> str:
     if step.p_value is None:
         return f"{step.metric} {step.delta:+.0f} bytes ({_value(step.metric, step.before)} -> {_value(step.metric, step.after)})"
     change = f"{step.change:+.1%}" if step.change is not None else ""
-    return f"{step.metric} {change} ({step.before:.4g} -> {step.after:.4g}), p={step.p_value:.2g}"
+    wide = " [machine-wide]" if step.machine_wide else ""
+    return f"{step.metric} {change} ({step.before:.4g} -> {step.after:.4g}), p={step.p_value:.2g}{wide}"
 
 
 def _aligned(cells: Sequence[object], widths: Sequence[int]) -> str:
@@ -142,17 +165,26 @@ def render_show(found: Sequence[Trend], default_branch: str) -> str:
     return "\n".join(parts)
 
 
-def render_regressions(steps: Sequence[Step], branch: str, only_regressions: bool) -> str:
-    """Newest first, with the commit range to bisect."""
+def render_regressions(steps: Sequence[Step], branch: str, only_regressions: bool, searched: int) -> str:
+    """Newest first, with the commit range to bisect; machine-wide steps apart."""
     what = "regressions" if only_regressions else "steps"
-    if not steps:
-        return f"no {what} on {branch}"
-    lines = [f"{len(steps)} {what} on {branch}, newest first:"]
+    wide = [s for s in steps if s.machine_wide]
+    steps = [s for s in steps if not s.machine_wide and (s.after > s.before or not only_regressions)]
+    lines = [f"{len(steps)} {what} on {branch} in {searched} series" + (", newest first:" if steps else "")]
     for s in steps:
-        confidence = "exact" if s.p_value is None else f"confidence {s.confidence:.4f}"
+        confidence = "exact" if s.p_value is None else f"confidence {s.confidence:.4%}"
         lines.append(
             f"{s.time:%Y-%m-%d %H:%M}  {s.label}  {describe(s)}  [{confidence}; {s.n_before} commits before, "
             f"{s.n_after} after]  on {s.machine} [{s.fingerprint}]  bisect: git log {s.bisect}"
+        )
+    if wide:
+        commits = sorted(
+            {(s.fingerprint, s.commit[:10], s.time) for s in wide}, key=lambda x: x[2], reverse=True
+        )
+        lines.append(
+            f"{len(wide)} machine-wide latency step(s), most cases of a machine at once (load on the machine, or a "
+            "change that slowed everything: compare the ruler), not counted: "
+            + ", ".join(f"{c} on [{fp}]" for fp, c, _t in commits)
         )
     return "\n".join(lines)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_lib.errors import UserError
-from bench_lib.history.changepoints import DEFAULT_METRICS, Series, StepRules, series_points
+from bench_lib.history.changepoints import STEP_METRICS, Series, StepRules, series_points
 from bench_lib.history.store import Store
 
 DEFAULT_BRANCH = "main"
@@ -105,7 +105,7 @@ def branch_series(
     store: Store,
     patterns: Sequence[str],
     branch: str,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] = STEP_METRICS,
     fingerprint: str | None = None,
 ) -> list[Series]:
     """Every (case, fingerprint, metric) series of clean runs on `branch`."""
@@ -113,6 +113,6 @@ def branch_series(
     rows = store.series_rows(list(ids.values()), list(metrics), branch=branch, fingerprint=fingerprint)
     out = []
     for (label, fp, metric), group in grouped(clean(rows)).items():
-        exact = metric != "latency_ms_median" and metric.endswith("_bytes")
+        exact = metric.endswith("_bytes")
         out.append(Series(fp, machine_of(group[-1]), label, metric, series_points(group, exact)))
     return out
