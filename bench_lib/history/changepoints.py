@@ -22,10 +22,12 @@ out: they are no commit's figure.
   two-sided Mann-Whitney U test between those segments gives p < `alpha`; `1 - p` is its
   confidence. The step's commit is the first of the new level; the range to bisect is from
   the last commit of the old level to it.
-- A load on the machine that lasts for several runs still moves every case at once. Latency
-  steps of one fingerprint at the same commit (within one) and in the same direction in at least
-  `machine_wide` of its latency series (and 4 or more) are marked machine-wide: the machine
-  moved, or a change slowed everything; they are listed apart, not as regressions. A suite run
+- A load on the machine that lasts for several runs still moves most cases at once. A latency
+  step at a commit where at least `machine_wide` of the fingerprint's latency series (4 or more)
+  moved the same way (by half of `min_change` and beyond its own noise, whether or not each is a
+  step of its own)
+  is marked machine-wide: the machine moved, or a change slowed everything; such steps are listed
+  apart, not as regressions. A suite run
   with the calibration ruler (`make bench` has it) shows which: the ruler's code does not change.
 """
 
@@ -43,6 +45,7 @@ from bench_lib.errors import UserError
 from bench_lib.gate import LATENCY, MEMORY_METRICS
 
 FASTEST = "latency_ms_min"
+_SE_MOVED = 2.0  # standard errors beyond which a series counts as moved (machine-wide check)
 DEFAULT_METRICS = (LATENCY, FASTEST, *MEMORY_METRICS)  # shown
 STEP_METRICS = (FASTEST, *MEMORY_METRICS)  # searched for steps
 
@@ -56,7 +59,7 @@ class StepRules:
     min_size: int = 4  # commits in a segment: a step is reported once this many commits show it
     persist: int = 8  # shorter excursions that return to the level before are not steps
     penalty: float = 3.0  # PELT penalty, in units of the series' noise x log(n)
-    machine_wide: float = 0.75  # share of a fingerprint's latency series stepping at once
+    machine_wide: float = 2 / 3  # share of a fingerprint's latency series moving at once
 
     def __post_init__(self) -> None:
         if not (0 < self.alpha < 1) or self.min_change < 0 or self.min_size < 2 or self.penalty <= 0:
@@ -255,27 +258,46 @@ def _noisy_steps(series: Series, rules: StepRules) -> list[Step]:
 
 
 def mark_machine_wide(steps: Sequence[Step], series: Sequence[Series], rules: StepRules) -> list[Step]:
-    """`steps` with the machine-wide latency steps marked (see the module docstring). `series` are
-    every series searched: the share is of the fingerprint's latency series searched."""
-    latency = [s for s in series if not _is_exact(s.metric)]
-    totals = Counter(s.fingerprint for s in latency)
-    commits = {(s.fingerprint, s.label, s.metric): [p.commit for p in s.points] for s in latency}
+    """`steps` with the machine-wide latency steps marked: at the step's commit, at least
+    `machine_wide` of the fingerprint's latency series searched (4 or more) moved the same way
+    by more than half of `min_change` and more than two standard errors of its own noise
+    (median of the `min_size` commits from the step's commit against the `min_size` before it),
+    whether or not their own move was large enough to be a step."""
+    peers: dict[str, list[Series]] = {}
+    for one in series:
+        if not _is_exact(one.metric):
+            peers.setdefault(one.fingerprint, []).append(one)
     out = []
     for step in steps:
-        if step.exact or totals[step.fingerprint] < 4:
+        group = peers.get(step.fingerprint, [])
+        if step.exact or len(group) < 4:
             out.append(step)
             continue
-        near = set()
-        for other in steps:
-            if other.exact or other.fingerprint != step.fingerprint:
+        moved = 0
+        for other in group:
+            commits = [p.commit for p in other.points]
+            if step.commit not in commits:
                 continue
-            if (other.after > other.before) != (step.after > step.before):
-                continue
-            order = commits.get((other.fingerprint, other.label, other.metric), [])
-            if step.commit in order and abs(order.index(step.commit) - other.index) <= 1:
-                near.add((other.label, other.metric))
-        wide = len(near) >= max(4, rules.machine_wide * totals[step.fingerprint])
-        out.append(replace(step, machine_wide=wide) if wide else step)
+            i = commits.index(step.commit)
+            values = other.values
+            w = rules.min_size  # local windows: a load episode elsewhere must not count here
+            before, after = (
+                values[max(0, i - min(w, step.n_before)) : i],
+                values[i : i + min(w, step.n_after)],
+            )
+            if len(before) and len(after) and np.median(before) > 0 and np.median(after) > 0:
+                change = float(np.log(np.median(after) / np.median(before)))
+                # beyond the series' own noise: 2 standard errors of a difference of medians
+                floor = (
+                    _SE_MOVED
+                    * 1.25
+                    * noise(np.log(values[values > 0]))
+                    * np.sqrt(1 / len(before) + 1 / len(after))
+                )
+                needed = max(np.log1p(rules.min_change / 2), floor)
+                moved += change > needed if step.after > step.before else change < -needed
+        wide = moved >= rules.machine_wide * len(group)
+        out.append(replace(step, machine_wide=True) if wide else step)
     return out
 
 
