@@ -86,7 +86,7 @@ compare: $(STAMP)
 # that moved the figures, saying why.
 MEMORY_BASELINE := results/baseline/tiny-cpu.csv
 TINY_RUN = $(BIN)/python -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-disable \
-	--bench-profile=tiny --bench-devices=cpu --bench-results-dir=$(1)
+	--bench-profile=tiny --bench-devices=cpu --bench-history=off --bench-results-dir=$(1)
 
 gate-memory: $(STAMP)
 	rm -rf .bench-gate
@@ -108,7 +108,7 @@ BASE ?= origin/main
 REPEAT ?= 5
 GATE_ARGS ?=
 GATE_RUN = PYTHONPATH=. $(abspath $(BIN))/python -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-disable \
-	--bench-processes=1 --bench-results-dir=$(1) $(ARGS) > /dev/null; rc=$$?; [ $$rc -le 1 ] || exit 2
+	--bench-processes=1 --bench-history=off --bench-results-dir=$(1) $(ARGS) > /dev/null; rc=$$?; [ $$rc -le 1 ] || exit 2
 
 gate: $(STAMP)
 	rm -rf results/gate; git worktree remove --force .bench-base 2>/dev/null || rm -rf .bench-base

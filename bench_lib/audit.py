@@ -29,7 +29,7 @@ def run_suite(out: Path, select: str, models: str, processes: int, inject: str =
     cmd = [
         sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
         "-k", select, f"--bench-models={models}", f"--bench-processes={processes}", "--bench-devices=cpu",
-        f"--bench-results-dir={out}", f"--bench-inject={inject}",
+        f"--bench-results-dir={out}", f"--bench-inject={inject}", "--bench-history=off",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -1,4 +1,4 @@
-"""`python -m bench_lib run | report | compare | gate`: one `UserError` boundary; exit 0, 1 (a
+"""`python -m bench_lib run | report | compare | gate | history | export`: one `UserError` boundary; exit 0, 1 (a
 case failed, or the gate found a regression), 2 (bad input) or 3 (the gate could not decide)."""
 
 from __future__ import annotations
@@ -230,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--md", help="also write the verdicts as Markdown here")
     g.add_argument("--json", help="also write the verdicts as JSON here")
     g.set_defaults(func=cmd_gate)
+    from bench_lib.history.cli import add_commands
+
+    add_commands(sub)  # history add|show|report|regressions|gate|runs|remove, export
     return p
 
 

@@ -23,6 +23,7 @@ class Option:
     help: str
     cli: str | None = None
     cli_kind: str = "value"
+    run_config: bool = True  # a `RunConfig.parse` keyword (else read by the pytest plugin itself)
 
     @property
     def env(self) -> str:
@@ -81,6 +82,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", "1", "torch intra-op threads, or 'default' for torch's own choice", "--threads"),
     Option("results-dir", "results", "folder for the CSV reports", "--results-dir"),
     Option(
+        "history",
+        "on",
+        "add the run to the results history: on (the configured store, else <results-dir>/history.sqlite), "
+        "off, or a database path or postgresql:// URL",
+        run_config=False,
+    ),
+    Option(
         "malloc",
         "pinned",
         "'pinned' fixes glibc malloc thresholds (reproducible CPU figures), 'default' leaves them",
@@ -130,6 +138,8 @@ def run_values(args: argparse.Namespace, environ: Mapping[str, str] | None = Non
     else the defaults."""
     values = {}
     for o in OPTIONS:
+        if not o.run_config:
+            continue
         given = getattr(args, o.field, None)
         if isinstance(given, list):
             given = ",".join(given)

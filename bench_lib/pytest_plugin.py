@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 CONFIG_KEY = pytest.StashKey["RunConfig"]()
 SESSION_KEY = pytest.StashKey["BenchSession"]()
+HISTORY_KEY = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,7 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _values(config: pytest.Config) -> dict[str, str]:
-    return {o.field: config.getoption(o.pytest_flag) for o in OPTIONS}
+    return {o.field: config.getoption(o.pytest_flag) for o in OPTIONS if o.run_config}
 
 
 def _explicit(config: pytest.Config) -> bool:
@@ -142,8 +143,18 @@ def report_to_pytest_benchmark(benchmark: Any, result: CaseResult) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     bench = session.config.stash.get(SESSION_KEY, None)
-    if bench is not None:
-        bench.close()
+    if bench is None:
+        return
+    path = bench.close()
+    if path is not None:  # the run joins the results history (--bench-history=off: not)
+        from bench_lib.history.ingest import add_session_run
+
+        config = session.config
+        line = add_session_run(
+            path, config.getoption("--bench-history"), bench.config.results_dir, config.rootpath
+        )
+        if line:
+            config.stash[HISTORY_KEY] = line
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own table
@@ -163,3 +174,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     tr.write_line(render_summary(bench.writer.frame()))
     tr.write_line("")
     tr.write_line(f"report: {bench.writer.path} (copied to {bench.writer.results_dir / 'latest.csv'})")
+    if HISTORY_KEY in config.stash:
+        tr.write_line(config.stash[HISTORY_KEY])
