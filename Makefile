@@ -133,10 +133,10 @@ gpu-check:
 
 AUDIT_ARGS ?=
 gate-audit: $(STAMP)
-	$(BIN)/python -m bench_lib.audit $(AUDIT_ARGS)
+	$(BIN)/python -m bench_lib.gate.audit $(AUDIT_ARGS)
 
 docs: $(STAMP)
-	$(BIN)/python -c "from bench_lib.schema import write_docs; write_docs('docs/results.md')"
+	$(BIN)/python -c "from bench_lib.records.schema import write_docs; write_docs('docs/results.md')"
 	$(BIN)/python -c "from pathlib import Path; from bench_lib.options import documented; \
 		p = Path('docs/options.md'); p.write_text(documented(p.read_text()))"
 

@@ -12,26 +12,26 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bench_lib.cases import Case, Profile
+    from bench_lib.analysis.compare import Comparison, compare
     from bench_lib.cli import load_results
-    from bench_lib.compare import Comparison, compare
     from bench_lib.errors import UserError
     from bench_lib.models import ZOO, ModelInstance, ModelSpec
-    from bench_lib.results import CaseResult
-    from bench_lib.schema import read_report
+    from bench_lib.records.cases import Case, Profile
+    from bench_lib.records.results import CaseResult
+    from bench_lib.records.schema import read_report
 
 _HOMES = {
-    "Case": "bench_lib.cases",
-    "Profile": "bench_lib.cases",
+    "Case": "bench_lib.records.cases",
+    "Profile": "bench_lib.records.cases",
     "load_results": "bench_lib.cli",
-    "Comparison": "bench_lib.compare",
-    "compare": "bench_lib.compare",
+    "Comparison": "bench_lib.analysis.compare",
+    "compare": "bench_lib.analysis.compare",
     "UserError": "bench_lib.errors",
     "ZOO": "bench_lib.models",
     "ModelInstance": "bench_lib.models",
     "ModelSpec": "bench_lib.models",
-    "CaseResult": "bench_lib.results",
-    "read_report": "bench_lib.schema",
+    "CaseResult": "bench_lib.records.results",
+    "read_report": "bench_lib.records.schema",
 }
 
 __all__ = [

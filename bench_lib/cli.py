@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench_lib.errors import UserError
 from bench_lib.options import add_run_arguments
-from bench_lib.schema import write_text_atomic
+from bench_lib.records.schema import write_text_atomic
 
 DEFAULT_REPORT = Path("results/latest.csv")
 
@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Read and validate one or more reports into one typed DataFrame (for notebooks too)."""
-    from bench_lib.schema import read_report
+    from bench_lib.records.schema import read_report
 
     if not paths:
         raise UserError("no report given")
@@ -42,8 +42,8 @@ def _write(text: str, out: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Measure models (yours or the zoo's) without pytest: progress per case, then a summary."""
+    from bench_lib.analysis.report import render_summary
     from bench_lib.options import run_values
-    from bench_lib.report import render_summary
     from bench_lib.session import BenchSession, RunConfig, unavailable
     from bench_lib.suites import SUITES
 
@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench_lib import report
+    from bench_lib.analysis import report
 
     frame = load_results(args.reports or [DEFAULT_REPORT])
     if args.format == "html" and not args.out:
@@ -104,8 +104,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bench_lib.compare import compare, render
-    from bench_lib.schema import read_report
+    from bench_lib.analysis.compare import compare, render
+    from bench_lib.records.schema import read_report
 
     frames = [read_report(p) for p in args.reports]
     _write(render(compare(frames), args.format), args.out)

@@ -49,14 +49,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench_lib.cases import KEY_FIELDS
-from bench_lib.devices import make_device, unavailable_reason
-from bench_lib.environment import torch_threads
-from bench_lib.precision import TF32, float32_mode, float32_settings
+from bench_lib.measure.devices import make_device, unavailable_reason
+from bench_lib.measure.environment import torch_threads
+from bench_lib.measure.precision import TF32, float32_mode, float32_settings
+from bench_lib.measure.telemetry import run_for
+from bench_lib.measure.timing import gc_disabled
 from bench_lib.preflight import Finding, preflight
-from bench_lib.schema import read_report, samples_path, write_text_atomic
-from bench_lib.telemetry import run_for
-from bench_lib.timing import gc_disabled
+from bench_lib.records.cases import KEY_FIELDS
+from bench_lib.records.schema import read_report, samples_path, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.05
@@ -124,9 +124,9 @@ def facts(kind: str) -> dict[str, Any]:
     }
     if kind != "cuda":
         return out
-    from bench_lib.environment import gpu_fields
+    from bench_lib.measure.environment import gpu_fields
+    from bench_lib.measure.telemetry import COMPUTE_PROCESSES, call, load_nvml, locate_gpu
     from bench_lib.preflight import compile_problem, installed_version
-    from bench_lib.telemetry import COMPUTE_PROCESSES, call, load_nvml, locate_gpu
 
     props = torch.cuda.get_device_properties(0)
     out |= {
@@ -378,7 +378,7 @@ def benchmark_cmd(results: Path, kind: str, plan: Plan, select: str) -> list[str
 
 
 def write_reports(frame: pd.DataFrame, stem: Path, log: Log) -> None:
-    from bench_lib import report
+    from bench_lib.analysis import report
 
     try:
         write_text_atomic(stem.with_suffix(".html"), report.render_html(frame))
@@ -554,9 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "not_ok": [f"{r.suite}-{r.model}-{r.dtype} {r.status}: {r.error}" for r in bad.itertuples()],
                                    "passed": bad.empty and codes == [0, 0]})  # fmt: skip
         stem = out / slug(name)
-        shutil.copyfile(runs["bench-1"], stem.with_suffix(".csv"))
-        if samples_path(runs["bench-1"]).is_file():
-            shutil.copyfile(samples_path(runs["bench-1"]), samples_path(stem.with_suffix(".csv")))
+        run1 = runs["bench-1"]
+        assert run1 is not None  # `first` was read from it
+        shutil.copyfile(run1, stem.with_suffix(".csv"))
+        if samples_path(run1).is_file():
+            shutil.copyfile(samples_path(run1), samples_path(stem.with_suffix(".csv")))
         guarded(log, lambda: write_reports(first, stem, log))
         if second is not None:
             check.record("memory_identical", verdict(log, memory_identical, first, second))

@@ -25,7 +25,7 @@ from bench_lib.errors import UserError
 from bench_lib.options import OPTIONS, from_environment
 
 if TYPE_CHECKING:
-    from bench_lib.results import CaseResult
+    from bench_lib.records.results import CaseResult
     from bench_lib.session import BenchSession, RunConfig
 
 CONFIG_KEY = pytest.StashKey["RunConfig"]()
@@ -162,7 +162,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     bench = config.stash.get(SESSION_KEY, None)
     if bench is None or not bench.writer.rows:
         return
-    from bench_lib.report import render_summary
+    from bench_lib.analysis.report import render_summary
 
     tr = terminalreporter
     tr.section("bench_lib summary")

@@ -15,22 +15,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_lib.allocator import pin_glibc_malloc
-from bench_lib.cases import MODE_NAMES, Case, Profile, get_profile, parse_list
-from bench_lib.devices import parse_device_kinds, unavailable_reason
-from bench_lib.environment import Environment, collect_environment, torch_threads
 from bench_lib.errors import UserError
-from bench_lib.finetune import OPTIMIZERS
-from bench_lib.inject import parse_injection
+from bench_lib.measure.allocator import pin_glibc_malloc
+from bench_lib.measure.devices import parse_device_kinds, unavailable_reason
+from bench_lib.measure.environment import Environment, collect_environment, torch_threads
+from bench_lib.measure.inject import parse_injection
+from bench_lib.measure.precision import parse_dtypes, unsupported_reason
+from bench_lib.measure.runner import START_METHODS, run_group
 from bench_lib.models import OPTIONAL, ZOO, get_model
 from bench_lib.models.hf import transformers_module
-from bench_lib.plugins import absolute_reference, check_user_model, is_reference
-from bench_lib.precision import parse_dtypes, unsupported_reason
+from bench_lib.models.plugins import absolute_reference, check_user_model, is_reference
 from bench_lib.preflight import compile_problem
-from bench_lib.results import OOM, CaseResult
-from bench_lib.runner import START_METHODS, run_group
-from bench_lib.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
+from bench_lib.records.cases import MODE_NAMES, Case, Profile, get_profile, parse_list
+from bench_lib.records.results import OOM, CaseResult
+from bench_lib.records.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
 from bench_lib.suites import SUITES
+from bench_lib.suites.finetune.measure import OPTIMIZERS
 
 DEFAULT_THREADS = 1  # like torch.utils.benchmark: steadier figures; BENCH_THREADS overrides
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench_lib.cases import KEY_FIELDS
-from bench_lib.schema import SAMPLE_COLUMNS, read_report, samples_path, write_csv_atomic
+from bench_lib.records.cases import KEY_FIELDS
+from bench_lib.records.schema import SAMPLE_COLUMNS, read_report, samples_path, write_csv_atomic
 
 TEMPLATE = Path(__file__).resolve().parent / "data" / "small.csv"
 LATENCY_COLUMNS = [

@@ -5,7 +5,7 @@ Run `python tests/make_fixture.py` after a schema change, then review and commit
 
 from pathlib import Path
 
-from bench_lib.schema import SCHEMA_VERSION, to_frame, write_csv_atomic
+from bench_lib.records.schema import SCHEMA_VERSION, to_frame, write_csv_atomic
 
 ENV = {
     "machine_id": "0123456789ab", "hostname": "ci-host", "cpu_model": "Example CPU 9000", "cpu_count": 2,

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench_lib.cases import Profile, get_profile
-from bench_lib.devices import CudaDevice
-from bench_lib.inference import measure_inference_group
+from bench_lib.measure.devices import CudaDevice
+from bench_lib.measure.timing import Variant, calibrate_iterations, measure_interleaved
 from bench_lib.models import ZOO, ModelInstance, ModelSpec
 from bench_lib.preflight import compile_problem
-from bench_lib.timing import Variant, calibrate_iterations, measure_interleaved
+from bench_lib.records.cases import Profile, get_profile
+from bench_lib.suites.inference.measure import measure_inference_group
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TINY = Profile("t", (8,), rounds=5, warmup_rounds=2, iterations=2, energy_seconds=0.3)
@@ -64,7 +64,7 @@ def test_a_cuda_group_has_events_allocator_transfer_and_telemetry_columns(dtype)
 
 
 def test_a_group_records_its_float32_settings_and_telemetry():
-    from bench_lib.worker import run_request
+    from bench_lib.measure.worker import run_request
 
     profile = {**get_profile("tiny").__dict__, "batch_sizes": [8], "energy_seconds": 0.0}
     rows = {}
@@ -151,7 +151,7 @@ def test_the_suites_parent_process_creates_no_cuda_context():
     code = textwrap.dedent(
         """
         import torch
-        from bench_lib.environment import collect_environment
+        from bench_lib.measure.environment import collect_environment
         from bench_lib.session import RunConfig, unavailable
         config = RunConfig.parse(profile="gpu", devices="cuda", dtypes="float32,tf32,bfloat16,float16")
         reasons = [unavailable(case) for case in config.cases()]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench_lib.schema import read_report
+from bench_lib.records.schema import read_report
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY = ["mem_peak_bytes", "mem_saved_for_backward_bytes"]

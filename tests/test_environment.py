@@ -2,8 +2,8 @@
 
 from fakes import FakeCuda, FakeNvml, uuid_of
 
-from bench_lib import telemetry
-from bench_lib.environment import (
+from bench_lib.measure import telemetry
+from bench_lib.measure.environment import (
     MACHINE_ID_FIELDS,
     STOCK_FLOAT32,
     collect_environment,

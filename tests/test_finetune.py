@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-import bench_lib.finetune as ft
-from bench_lib.cases import Profile
-from bench_lib.devices import CpuDevice
-from bench_lib.finetune import (
+import bench_lib.suites.finetune.measure as ft
+from bench_lib.measure.devices import CpuDevice
+from bench_lib.models import ZOO, ModelInstance, ModelSpec, StagedModel, blocks_of, get_model
+from bench_lib.records.cases import Profile
+from bench_lib.suites.finetune.measure import (
     NOGRAD,
     Strategy,
     TrainStep,
@@ -22,7 +23,6 @@ from bench_lib.finetune import (
     template,
     trainable_state,
 )
-from bench_lib.models import ZOO, ModelInstance, ModelSpec, StagedModel, blocks_of, get_model
 
 F32 = 4
 TRAINABLE = str(Path(__file__).resolve().parent.parent / "examples" / "custom_model.py") + ":make_trainable"

@@ -10,7 +10,7 @@ import pytest
 from bench_lib import gate
 from bench_lib.cli import main
 from bench_lib.errors import UserError
-from bench_lib.schema import read_report
+from bench_lib.records.schema import read_report
 
 SMALL = Path(__file__).parent / "data" / "small.csv"
 KEY = ("inference", "mlp", "cpu", "grad", "32", "float32", "", "")

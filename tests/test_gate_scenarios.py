@@ -15,9 +15,9 @@ import pytest
 
 from bench_lib import gate
 from bench_lib.cli import main
-from bench_lib.results import CaseResult
-from bench_lib.runner import memory_disagreement, pool
-from bench_lib.stats import Samples
+from bench_lib.measure.runner import memory_disagreement, pool
+from bench_lib.records.results import CaseResult
+from bench_lib.records.stats import Samples
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE = dict(suite="inference", model="mlp", device="cpu", mode="no_grad", batch_size=1)
@@ -193,7 +193,7 @@ def test_memory_that_differs_between_processes_is_undecided(real_run, tmp_path, 
 
 
 def _result(process: int, **metrics) -> CaseResult:
-    from bench_lib.cases import Case
+    from bench_lib.records.cases import Case
 
     samples = Samples(
         iterations=1, host_ms=(1.0, 1.1), device_ms=None, warmup_rounds=0, process=(process,) * 2

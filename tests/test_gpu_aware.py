@@ -10,14 +10,11 @@ import pytest
 import torch
 from fakes import FakeClock, FakeCuda, FakeNvml, uuid_of
 
-from bench_lib import telemetry
-from bench_lib.cases import Profile
 from bench_lib.cli import main
-from bench_lib.devices import CpuDevice, CudaDevice
 from bench_lib.errors import UserError
-from bench_lib.inference import input_transfer, measure_inference_group
-from bench_lib.models import ZOO
-from bench_lib.precision import (
+from bench_lib.measure import telemetry
+from bench_lib.measure.devices import CpuDevice, CudaDevice
+from bench_lib.measure.precision import (
     autocast,
     float32_mode,
     float32_settings,
@@ -25,8 +22,17 @@ from bench_lib.precision import (
     unsupported_reason,
     within,
 )
-from bench_lib.schema import read_report
-from bench_lib.telemetry import GpuMonitor, energy_columns, group_columns, measure_energy, throttle_names
+from bench_lib.measure.telemetry import (
+    GpuMonitor,
+    energy_columns,
+    group_columns,
+    measure_energy,
+    throttle_names,
+)
+from bench_lib.models import ZOO
+from bench_lib.records.cases import Profile
+from bench_lib.records.schema import read_report
+from bench_lib.suites.inference.measure import input_transfer, measure_inference_group
 
 PID = 4242
 PARENT, WORKER = 90000, 90001  # host PIDs, as NVML lists them from inside a container
@@ -132,7 +138,7 @@ def test_an_unknown_uuid_gives_no_telemetry_and_says_why_never_another_gpus():
 
 def test_without_nvml_the_row_says_why(monkeypatch):
     monkeypatch.setattr(telemetry, "load_nvml", lambda: (None, "NVML not available: no driver"))
-    monkeypatch.setattr("bench_lib.devices.load_nvml", telemetry.load_nvml)
+    monkeypatch.setattr("bench_lib.measure.devices.load_nvml", telemetry.load_nvml)
     device = CudaDevice(0, cuda=FakeCuda())
     assert device.telemetry_columns(device.telemetry_start()) == {
         "gpu_telemetry_note": "no NVML telemetry: NVML not available: no driver"
@@ -316,8 +322,8 @@ def test_float32_cases_run_without_tf32_and_tf32_cases_with_it():
 
 
 def test_every_row_records_the_float32_settings_it_ran_under():
-    from bench_lib.cases import get_profile
-    from bench_lib.worker import run_request
+    from bench_lib.measure.worker import run_request
+    from bench_lib.records.cases import get_profile
 
     profile = {**get_profile("tiny").__dict__, "energy_seconds": 0.0}
     request = {"suite": "inference", "model": "mlp", "device": "cpu", "batch_size": 1, "dtype": "float32",
@@ -519,7 +525,7 @@ def test_preflight_names_what_torch_compile_lacks(monkeypatch):
 
 def test_compiled_cases_without_a_toolchain_are_skipped_with_the_reason(monkeypatch):
     from bench_lib import session
-    from bench_lib.cases import Case
+    from bench_lib.records.cases import Case
 
     monkeypatch.setattr(session, "compile_problem", lambda kind: "no compiler here")
     assert (
@@ -531,7 +537,7 @@ def test_compiled_cases_without_a_toolchain_are_skipped_with_the_reason(monkeypa
 
 def test_gpu_check_verdicts_on_report_frames():
     from bench_lib.gpucheck import energy_coverage, float32_modes, undisturbed
-    from bench_lib.schema import to_frame
+    from bench_lib.records.schema import to_frame
 
     def row(dtype, others, matmul_tf32, cudnn_tf32, energy=0.5):
         return {"suite": "inference", "model": "cnn", "device": "cuda", "mode": "grad", "batch_size": 32,
@@ -552,7 +558,7 @@ def test_gpu_check_verdicts_on_report_frames():
 def test_float16_training_steps_go_through_a_grad_scaler():
     """fp16 is measured on CUDA only, but the step's logic runs on the CPU too (autocast fp16
     and GradScaler("cpu")): the scaler scales the loss and the parameters still move."""
-    from bench_lib.finetune import Strategy, TrainStep, template
+    from bench_lib.suites.finetune.measure import Strategy, TrainStep, template
 
     step = TrainStep(template(ZOO["mlp"], 4), Strategy("full", 0), "sgd", CpuDevice(), "float16")
     assert step.scaler is not None and step.scaler.get_scale() == 65536.0

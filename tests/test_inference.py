@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench_lib.cases import Profile
-from bench_lib.devices import CpuDevice
-from bench_lib.inference import measure_inference_group
+from bench_lib.measure.devices import CpuDevice
 from bench_lib.models import ZOO, ModelSpec
-from bench_lib.results import with_ratios
+from bench_lib.records.cases import Profile
+from bench_lib.records.results import with_ratios
+from bench_lib.suites.inference.measure import measure_inference_group
 
 TINY = Profile("t", (1,), rounds=3, warmup_rounds=1, iterations=1)
 MODES = ["grad", "no_grad", "inference_mode"]
@@ -251,7 +251,7 @@ def test_out_of_memory_during_timing_is_recorded_as_oom_and_others_go_on():
 
 
 def test_compiled_variants_share_the_group_and_report_compile_time():
-    from bench_lib.cases import COMPILED, Case
+    from bench_lib.records.cases import COMPILED, Case
 
     case = Case("inference", "mlp", "cpu", "no_grad", 4, compile=COMPILED)
     assert case.id == "mlp-cpu-b4-no_grad-compiled" and case.variant == "no_grad+compile"
@@ -262,10 +262,10 @@ def test_compiled_variants_share_the_group_and_report_compile_time():
 
 @pytest.mark.slow
 def test_a_compiled_mode_is_timed_against_eager_grad():
-    from bench_lib.cases import Profile
-    from bench_lib.devices import CpuDevice
-    from bench_lib.inference import measure_inference_group
+    from bench_lib.measure.devices import CpuDevice
     from bench_lib.models import ZOO
+    from bench_lib.records.cases import Profile
+    from bench_lib.suites.inference.measure import measure_inference_group
 
     profile = Profile("t", (2,), rounds=3, warmup_rounds=1, iterations=1, energy_seconds=0)
     results = measure_inference_group(ZOO["mlp"], CpuDevice(), 2, profile, ["grad", "no_grad+compile"])

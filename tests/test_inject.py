@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench_lib.cases import Profile
-from bench_lib.devices import CpuDevice
 from bench_lib.errors import UserError
-from bench_lib.inference import measure_inference_group
-from bench_lib.inject import Injection, inject, injected_spec, parse_injection
+from bench_lib.measure.devices import CpuDevice
+from bench_lib.measure.inject import Injection, inject, injected_spec, parse_injection
 from bench_lib.models import ZOO
+from bench_lib.records.cases import Profile
+from bench_lib.suites.inference.measure import measure_inference_group
 
 TINY = Profile("t", (2,), rounds=3, warmup_rounds=1, iterations=1)
 

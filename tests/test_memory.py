@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench_lib.devices import CudaAllocatorPeak
-from bench_lib.memory import RssPeak, SavedTensorCounter, StoragePeakTracker, storage_bytes
+from bench_lib.measure.devices import CudaAllocatorPeak
+from bench_lib.measure.memory import RssPeak, SavedTensorCounter, StoragePeakTracker, storage_bytes
 
 
 def forward_figures(model, x, ctx=torch.enable_grad):
@@ -121,7 +121,7 @@ def test_cuda_peak_is_the_allocator_peak_beyond_live_bytes_before():
 
 
 def rss_high_water_resettable():
-    import bench_lib.memory as memory
+    import bench_lib.measure.memory as memory
 
     return memory._reset_rss_high_water() and memory._rss_high_water() is not None
 
@@ -144,7 +144,7 @@ def test_rss_peak_sees_a_block_of_fresh_pages():
 
 
 def test_rss_peak_is_unknown_where_it_cannot_be_measured(monkeypatch):
-    import bench_lib.memory as memory
+    import bench_lib.measure.memory as memory
 
     monkeypatch.setattr(memory, "_reset_rss_high_water", lambda: False)
     with RssPeak().track() as rss:

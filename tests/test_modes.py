@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from bench_lib.measure.modes import MODES, outputs_mismatch, semantics_violation
 from bench_lib.models.polynomial import PolynomialNet
-from bench_lib.modes import MODES, outputs_mismatch, semantics_violation
 
 
 def test_seed_example_loss_16_and_gradient_88():

@@ -10,13 +10,20 @@ import pytest
 import torch
 
 from bench_lib.cli import main
-from bench_lib.devices import CpuDevice
 from bench_lib.errors import UserError
-from bench_lib.finetune import NOGRAD, Strategy, TrainStep, nograd_mismatch, strategies, template
+from bench_lib.measure.devices import CpuDevice
 from bench_lib.models import ModelInstance, get_model
-from bench_lib.plugins import check_user_model, display_name
-from bench_lib.schema import read_report
+from bench_lib.models.plugins import check_user_model, display_name
+from bench_lib.records.schema import read_report
 from bench_lib.session import RunConfig, default_models
+from bench_lib.suites.finetune.measure import (
+    NOGRAD,
+    Strategy,
+    TrainStep,
+    nograd_mismatch,
+    strategies,
+    template,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "custom_model.py"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_lib.schema import read_report
+from bench_lib.records.schema import read_report
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench_lib.analysis.compare import compare
+from bench_lib.analysis.report import noise_view, render_markdown
 from bench_lib.cli import load_results, main
-from bench_lib.compare import compare
 from bench_lib.errors import UserError
-from bench_lib.report import noise_view, render_markdown
-from bench_lib.schema import SCHEMA_VERSION, read_report
+from bench_lib.records.schema import SCHEMA_VERSION, read_report
 
 DATA = Path(__file__).parent / "data"
 SMALL = DATA / "small.csv"

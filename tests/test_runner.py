@@ -4,10 +4,10 @@ from dataclasses import asdict
 
 import pytest
 
-from bench_lib.cases import PROFILES, Case
-from bench_lib.results import CaseResult, with_ratios
-from bench_lib.runner import pool, run_group
-from bench_lib.stats import Samples, paired_ratio
+from bench_lib.measure.runner import pool, run_group
+from bench_lib.records.cases import PROFILES, Case
+from bench_lib.records.results import CaseResult, with_ratios
+from bench_lib.records.stats import Samples, paired_ratio
 
 CASE = Case("inference", "polynomial", "cpu", "grad", 2)
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench_lib.cases import Case
-from bench_lib.environment import collect_environment
 from bench_lib.errors import UserError
-from bench_lib.results import CaseResult
-from bench_lib.schema import (
+from bench_lib.measure.environment import collect_environment
+from bench_lib.records.cases import Case
+from bench_lib.records.results import CaseResult
+from bench_lib.records.schema import (
     COLUMN_NAMES,
     SCHEMA_VERSION,
     documented,
@@ -18,8 +18,8 @@ from bench_lib.schema import (
     to_frame,
     write_csv_atomic,
 )
+from bench_lib.records.stats import Samples
 from bench_lib.session import ReportWriter
-from bench_lib.stats import Samples
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "results.md"
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bench_lib.environment import torch_threads
 from bench_lib.errors import UserError
+from bench_lib.measure.environment import torch_threads
 from bench_lib.session import DEFAULT_THREADS, RunConfig
 
 

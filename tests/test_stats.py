@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from bench_lib.stats import ratio_of_medians, summarize
+from bench_lib.records.stats import ratio_of_medians, summarize
 
 
 def test_summarize_matches_hand_computed_values():

@@ -9,11 +9,17 @@ import pytest
 import torch
 from fakes import FakeClock, FakeCuda, FakeEvent
 
-from bench_lib.cases import Case
-from bench_lib.devices import CpuDevice, CudaDevice
-from bench_lib.results import CaseResult
-from bench_lib.runner import with_iterations
-from bench_lib.timing import Samples, Variant, calibrate_iterations, measure_interleaved, next_round_size
+from bench_lib.measure.devices import CpuDevice, CudaDevice
+from bench_lib.measure.runner import with_iterations
+from bench_lib.measure.timing import (
+    Samples,
+    Variant,
+    calibrate_iterations,
+    measure_interleaved,
+    next_round_size,
+)
+from bench_lib.records.cases import Case
+from bench_lib.records.results import CaseResult
 
 
 def test_samples_are_per_call_milliseconds_and_warmup_is_not_recorded():

@@ -10,7 +10,9 @@ DATA = Path(__file__).parent / "data"
 SCRIPT = """
 import sys
 from bench_lib.cli import main
-from bench_lib import load_results, read_report, compare
+from bench_lib import load_results
+from bench_lib import read_report
+from bench_lib.analysis import compare
 report, out = sys.argv[1], sys.argv[2]
 assert main(["report", report]) == 0
 assert main(["report", report, "--format", "md"]) == 0
@@ -38,7 +40,13 @@ def test_reading_reporting_comparing_and_gating_do_not_import_torch(tmp_path):
 def test_the_check_itself_sees_torch_when_it_is_imported(tmp_path):
     """The same script fails once anything on its path imports torch."""
     proc = subprocess.run(
-        [sys.executable, "-c", "import bench_lib.modes\n" + SCRIPT, str(DATA / "small.csv"), str(tmp_path)],
+        [
+            sys.executable,
+            "-c",
+            "import bench_lib.measure.modes\n" + SCRIPT,
+            str(DATA / "small.csv"),
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -32,7 +32,7 @@ from bench_lib.history.changepoints import FASTEST, Point, Series, Step, StepRul
 from bench_lib.history.ingest import add_reports
 from bench_lib.history.series import branch_series
 from bench_lib.history.store import Store
-from bench_lib.schema import samples_path
+from bench_lib.records.schema import samples_path
 
 LATENCY_COLUMNS = ("latency_ms_median", "latency_ms_mean", "latency_ms_min", "latency_ms_p90", "latency_ms_p99",
                    "latency_ms_iqr", "latency_ms_stddev", "host_latency_ms_median")  # fmt: skip
@@ -106,7 +106,7 @@ def _summary(steps: list[Step]) -> dict:
 
 
 def _series_of(paths: list[Path], metric: str) -> dict[str, list[float]]:
-    from bench_lib.cases import Case
+    from bench_lib.records.cases import Case
 
     out: dict[str, list[float]] = {}
     for p in paths:

@@ -30,7 +30,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _write(text: str, out: str | None) -> None:
-    from bench_lib.schema import write_text_atomic
+    from bench_lib.records.schema import write_text_atomic
 
     if out:
         write_text_atomic(Path(out), text)
@@ -114,7 +114,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from bench_lib import gate
     from bench_lib.cli import _side
     from bench_lib.history import gate as history_gate
-    from bench_lib.schema import write_text_atomic
+    from bench_lib.records.schema import write_text_atomic
 
     overrides = {
         k: v

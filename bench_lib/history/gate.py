@@ -27,11 +27,11 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from bench_lib import gate as ab
-from bench_lib.cases import KEY_FIELDS
 from bench_lib.errors import UserError
 from bench_lib.history.ingest import fingerprint
 from bench_lib.history.store import Store
-from bench_lib.schema import COLUMN_NAMES, SCHEMA_VERSION, to_frame
+from bench_lib.records.cases import KEY_FIELDS
+from bench_lib.records.schema import COLUMN_NAMES, SCHEMA_VERSION, to_frame
 
 DEFAULT_LAST = 20
 

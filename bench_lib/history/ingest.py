@@ -1,6 +1,6 @@
 """`history add`: reports and their raw samples into the store, one transaction per run.
 
-A report is read and validated as everywhere else (`bench_lib.schema.read_report`, which migrates
+A report is read and validated as everywhere else (`bench_lib.records.schema.read_report`, which migrates
 older schema versions; `bench_lib.gate.read_samples`). Each of its runs (one `run_id`; a report
 written by bench_lib holds one) becomes one row of `runs` with its results, figures and samples,
 all added in one transaction or not at all. A run already stored with the same content is left
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench_lib.cases import KEY_FIELDS, Case
 from bench_lib.errors import UserError
 from bench_lib.gate import read_samples
 from bench_lib.history.store import Store
-from bench_lib.schema import COLUMN_NAMES, COLUMNS, read_report, samples_path
+from bench_lib.records.cases import KEY_FIELDS, Case
+from bench_lib.records.schema import COLUMN_NAMES, COLUMNS, read_report, samples_path
 
 # Report columns that describe the run (one value per run), and the machine fingerprint within
 # which latency figures are comparable (the gate's: machine, threads, malloc settings).

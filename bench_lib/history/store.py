@@ -12,7 +12,7 @@ Tables (store schema history: bump `STORE_VERSION` and add a step to `_MIGRATION
   one is foreign and never written to.
 - `runs`: one row per run (`run_id` unique): its time, profile, machine fingerprint, git commit,
   branch, and a digest of its content, so that adding it again changes nothing.
-- `cases`: the case keys (`bench_lib.cases.KEY_FIELDS`, unique) and their labels.
+- `cases`: the case keys (`bench_lib.records.cases.KEY_FIELDS`, unique) and their labels.
 - `results`: one row per run and case: status, error, and the other per-case text columns.
 - `figures`: one row per result and numeric report column (`metric`, `value` as a double; byte
   counts are exact below 2**53).
@@ -31,13 +31,13 @@ import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from bench_lib.cases import KEY_FIELDS
 from bench_lib.errors import UserError
+from bench_lib.records.cases import KEY_FIELDS
 
 STORE_VERSION = 1
 APPLICATION = "bench_lib history"
@@ -273,7 +273,9 @@ class Store:
                     {"key": "schema_version", "value": str(STORE_VERSION)},
                 ],
             )
-        info = dict(conn.execute(sa.select(meta.c.key, meta.c.value)).all())
+        info: dict[str, str] = {
+            str(k): str(v) for k, v in cast(Any, conn.execute(sa.select(meta.c.key, meta.c.value)).all())
+        }
         if info.get("application") != APPLICATION:
             raise UserError(f"{self.name}: {meta.name} does not belong to a bench_lib history")
         try:
@@ -320,7 +322,7 @@ class Store:
                 present = self._present(conn, run)
                 if present:
                     return present
-                run_pk = conn.execute(runs.insert().values(**run).returning(runs.c.id)).scalar_one()
+                run_pk: int = conn.execute(runs.insert().values(**run).returning(runs.c.id)).scalar_one()
                 conn.execute(
                     results.insert(),
                     [
@@ -329,7 +331,7 @@ class Store:
                         for r in results_rows
                     ],
                 )  # fmt: skip
-                ids = dict(
+                ids: dict[Any, Any] = dict(
                     conn.execute(
                         sa.select(results.c.case_id, results.c.id).where(results.c.run == run_pk)
                     ).all()
@@ -377,7 +379,9 @@ class Store:
     def remove_runs(self, run_ids: Sequence[str]) -> int:
         """Remove runs and everything of theirs; returns how many were stored."""
         with self.writing() as conn:
-            pks = conn.execute(sa.select(runs.c.id).where(runs.c.run_id.in_(run_ids))).scalars().all()
+            pks: Sequence[int] = (
+                conn.execute(sa.select(runs.c.id).where(runs.c.run_id.in_(run_ids))).scalars().all()
+            )
             if pks:
                 res = sa.select(results.c.id).where(results.c.run.in_(pks))
                 conn.execute(samples.delete().where(samples.c.result.in_(res)))
@@ -465,10 +469,13 @@ class Store:
             ).mappings()
             out = [dict(r) for r in rows]
             values: dict[int, dict[str, float]] = {}
-            for result, metric, value in conn.execute(
-                sa.select(figures.c.result, figures.c.metric, figures.c.value)
-                .select_from(figures.join(results))
-                .where(results.c.run.in_(run_pks))
+            for result, metric, value in cast(
+                Any,
+                conn.execute(
+                    sa.select(figures.c.result, figures.c.metric, figures.c.value)
+                    .select_from(figures.join(results))
+                    .where(results.c.run.in_(run_pks))
+                ),
             ):
                 values.setdefault(result, {})[metric] = value
         for row in out:
@@ -479,10 +486,13 @@ class Store:
         """Raw samples per result and process (little-endian float64 arrays)."""
         out: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         with self.reading() as conn:
-            for result, process, lat, host in conn.execute(
-                sa.select(
-                    samples.c.result, samples.c.process, samples.c.latency_ms, samples.c.host_latency_ms
-                ).where(samples.c.result.in_(result_ids))
+            for result, process, lat, host in cast(
+                Any,
+                conn.execute(
+                    sa.select(
+                        samples.c.result, samples.c.process, samples.c.latency_ms, samples.c.host_latency_ms
+                    ).where(samples.c.result.in_(result_ids))
+                ),
             ):
                 out.setdefault(result, {})[process] = (lat, host)
         return out
@@ -497,10 +507,12 @@ class Store:
 def _insert_ignoring(store: Store, table: sa.Table, unique: list[str]) -> Any:
     """INSERT that skips rows whose unique key exists (another writer added them first)."""
     if store.is_sqlite:
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-    return insert(table).on_conflict_do_nothing(index_elements=unique)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=unique)
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.insert(table).on_conflict_do_nothing(index_elements=unique)
 
 
 def _sqlite_settings(engine: sa.Engine) -> None:

@@ -1,7 +1,7 @@
 """The built-in model zoo, the optional Hugging Face models, and the registry that names them.
 
 `get_model` also takes a user reference (`FILE.py:FUNCTION`, `package.module:FUNCTION`; see
-`bench_lib.plugins`).
+`bench_lib.models.plugins`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def get_model(name: str) -> ModelSpec:
         return ZOO[name]
     if name in OPTIONAL:
         return OPTIONAL[name]
-    from bench_lib.plugins import is_reference, user_spec
+    from bench_lib.models.plugins import is_reference, user_spec
 
     if is_reference(name):
         return user_spec(name)

@@ -55,7 +55,7 @@ class ModelInstance:
     """One model at one batch size, on the CPU, ready to be measured.
 
     This is also what a user's factory may return instead of a plain `(model, inputs)` pair (see
-    `bench_lib.plugins`).
+    `bench_lib.models.plugins`).
 
     Parameters
     ----------

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 if TYPE_CHECKING:
-    from bench_lib.cases import Case
-    from bench_lib.devices import Device
-    from bench_lib.results import CaseResult
+    from bench_lib.measure.devices import Device
+    from bench_lib.records.cases import Case
+    from bench_lib.records.results import CaseResult
     from bench_lib.session import RunConfig
 
 Section = tuple[str, str, pd.DataFrame]
@@ -72,16 +72,16 @@ class _Registry(Mapping[str, Suite]):
     _loaded = False
 
     def _load(self) -> dict[str, Suite]:
-        if not self._loaded:
+        if not _Registry._loaded:
             for module in pkgutil.iter_modules(__path__):
                 importlib.import_module(f"{__name__}.{module.name}")
-            self._loaded = True
+            _Registry._loaded = True
         return dict(sorted(_REGISTRY.items(), key=lambda item: (item[1].order, item[0])))
 
     def __getitem__(self, name: str) -> Suite:
         return self._load()[name]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._load())
 
     def __len__(self) -> int:

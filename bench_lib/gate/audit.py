@@ -1,5 +1,5 @@
 """Audit of the regression gate itself: false alarms on identical code (A/A) and the share of
-injected slowdowns it catches (`make gate-audit`, or `python -m bench_lib.audit --help`).
+injected slowdowns it catches (`make gate-audit`, or `python -m bench_lib.gate.audit --help`).
 
 Each trial measures, interleaved (plain, +s1, +s2, ..., plain, repeated `repeat` times), `2 *
 repeat` plain runs and `repeat` runs per injected slowdown of one model, each a fresh `pytest
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench_lib import gate
-from bench_lib.schema import write_text_atomic
+from bench_lib.records.schema import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +129,7 @@ def summary(results: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench_lib.audit", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench_lib.gate.audit", description=__doc__)
     p.add_argument("--out", default="results/audit", help="folder for the runs and audit.json")
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--repeat", type=int, default=5, help="runs per side and trial (5 vs 5 reaches p=0.004)")

@@ -1,6 +1,6 @@
 """The fine-tuning suite: training steps with frozen blocks (`full`, `frozen_<k>`,
 `frozen_nograd`) under each optimizer, with step-time ratios to `full` of the same optimizer.
-The measuring is in `bench_lib.finetune`."""
+The measuring is in `bench_lib.suites.finetune.measure`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from bench_lib.cases import FINETUNE, Case, finetune_cases
+from bench_lib.records.cases import FINETUNE, Case, finetune_cases
 from bench_lib.suites import Section, Suite, register
 
 if TYPE_CHECKING:
-    from bench_lib.devices import Device
-    from bench_lib.results import CaseResult
+    from bench_lib.measure.devices import Device
+    from bench_lib.records.results import CaseResult
     from bench_lib.session import RunConfig
 
 FULL = "full"  # the reference strategy of each optimizer
@@ -30,8 +30,8 @@ class FinetuneSuite(Suite):
     order = 2
 
     def cases(self, config: RunConfig) -> list[Case]:
-        from bench_lib.finetune import strategy_names
         from bench_lib.models import get_model
+        from bench_lib.suites.finetune.measure import strategy_names
 
         strategies_of = {get_model(m).name: strategy_names(get_model(m)) for m in config.models}
         return finetune_cases(
@@ -46,8 +46,8 @@ class FinetuneSuite(Suite):
     def measure(
         self, group: Case, cases: Sequence[Case], request: Mapping[str, Any], device: Device
     ) -> dict[Case, CaseResult]:
-        from bench_lib.finetune import measure_finetune_group
-        from bench_lib.worker import model_spec, profile_of
+        from bench_lib.measure.worker import model_spec, profile_of
+        from bench_lib.suites.finetune.measure import measure_finetune_group
 
         results = measure_finetune_group(
             model_spec(request), device, group.batch_size, profile_of(request),
@@ -57,7 +57,7 @@ class FinetuneSuite(Suite):
 
     def add_ratios(self, results: Mapping[Case, CaseResult]) -> dict[Case, CaseResult]:
         """Each optimizer's strategies against its own `full` step."""
-        from bench_lib.results import with_ratios
+        from bench_lib.records.results import with_ratios
 
         out: dict[Case, CaseResult] = {}
         for optimizer in dict.fromkeys(c.optimizer for c in results):
@@ -67,7 +67,7 @@ class FinetuneSuite(Suite):
         return {c: out[c] for c in results}
 
     def report_sections(self, frame: pd.DataFrame) -> list[Section]:
-        from bench_lib.report import finetune_view
+        from bench_lib.analysis.report import finetune_view
 
         return [("Fine-tuning", TEXT, finetune_view(frame))]
 

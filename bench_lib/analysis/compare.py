@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench_lib.cases import KEY_FIELDS
 from bench_lib.errors import UserError
+from bench_lib.records.cases import KEY_FIELDS
 
 METRICS = (
     "latency_ms_median",

@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from bench_lib.cases import KEY_FIELDS, Case
 from bench_lib.errors import UserError
-from bench_lib.schema import DETERMINISTIC_MEMORY, read_report, samples_path
+from bench_lib.records.cases import KEY_FIELDS, Case
+from bench_lib.records.schema import DETERMINISTIC_MEMORY, read_report, samples_path
 
 # Decisions: what the data says about one metric of one case.
 PASS, REGRESSION, IMPROVED, INCONCLUSIVE, NOT_GATED, MISSING, BROKEN, NEW = (

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from bench_lib.cases import RULER, Case, Profile
-from bench_lib.devices import Device
-from bench_lib.results import CaseResult, failure
+from bench_lib.measure.devices import Device
+from bench_lib.measure.timing import Variant, calibrate_iterations, measure_interleaved
+from bench_lib.records.cases import RULER, Case, Profile
+from bench_lib.records.results import CaseResult, failure
 from bench_lib.suites.ruler import RULERS
-from bench_lib.timing import Variant, calibrate_iterations, measure_interleaved
 
 __all__ = ["RULERS", "RULER_MODEL", "measure_ruler_group"]
 

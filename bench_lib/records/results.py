@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
-from bench_lib.cases import Case
-from bench_lib.stats import Samples, paired_ratio
+from bench_lib.records.cases import Case
+from bench_lib.records.stats import Samples, paired_ratio
 
 K = TypeVar("K")
 OK, FAILED, OOM = "ok", "failed", "oom"

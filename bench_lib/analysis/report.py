@@ -8,9 +8,9 @@ import math
 
 import pandas as pd
 
-from bench_lib.cases import MODE_NAMES, REFERENCE_MODE, Case
-from bench_lib.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
-from bench_lib.telemetry import SLOWDOWNS
+from bench_lib.measure.telemetry import SLOWDOWNS
+from bench_lib.records.cases import MODE_NAMES, REFERENCE_MODE, Case
+from bench_lib.records.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
 
 
 def format_bytes(n: float | None) -> str:
@@ -250,7 +250,7 @@ def render_markdown(frame: pd.DataFrame) -> str:
 
 def render_html(frame: pd.DataFrame) -> str:
     """One self-contained HTML page: the sections' tables and the plots as embedded PNGs."""
-    from bench_lib import plots
+    from bench_lib.analysis import plots
 
     figures = {
         "Inference": [*plots.inference_latency(frame).items(), *plots.inference_memory(frame).items()],

@@ -22,8 +22,8 @@ from typing import Any
 import psutil
 import torch
 
-from bench_lib import telemetry
-from bench_lib.precision import describe_float32, float32_settings
+from bench_lib.measure import telemetry
+from bench_lib.measure.precision import describe_float32, float32_settings
 
 # The fields that identify the hardware and software a latency was measured on. Run settings
 # (threads, allocator) are recorded beside them; the gate compares those separately.
@@ -115,7 +115,7 @@ def cudnn_version() -> str:
 
 def machine_id(fields: dict[str, object]) -> str:
     """A stable 12-hex-digit hash of the hardware and software fingerprint (not the hostname)."""
-    keys = MACHINE_ID_FIELDS
+    keys: tuple[str, ...] = MACHINE_ID_FIELDS
     if fields.get("float32_defaults", STOCK_FLOAT32) not in ("", STOCK_FLOAT32):
         keys = (*keys, "float32_defaults")
     text = "|".join(f"{k}={fields.get(k, '')}" for k in keys)

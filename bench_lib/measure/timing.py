@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
-from bench_lib.devices import Device, RoundTime
-from bench_lib.stats import Samples
+from bench_lib.measure.devices import Device, RoundTime
+from bench_lib.records.stats import Samples
 
 __all__ = ["Interleaved", "Samples", "Variant", "gc_disabled", "measure_interleaved"]
 

@@ -48,7 +48,7 @@ class _StorageDispatch(TorchDispatchMode):
         super().__init__()
         self._tracker = tracker
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         self._tracker._after_op((args, kwargs), out)
         return out

@@ -10,11 +10,11 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench_lib.cases import Case
-from bench_lib.results import FAILED, OOM, CaseResult, describe_error
-from bench_lib.schema import DETERMINISTIC_MEMORY
-from bench_lib.stats import Samples
-from bench_lib.worker import run_request
+from bench_lib.measure.worker import run_request
+from bench_lib.records.cases import Case
+from bench_lib.records.results import FAILED, OOM, CaseResult, describe_error
+from bench_lib.records.schema import DETERMINISTIC_MEMORY
+from bench_lib.records.stats import Samples
 
 WORKER_TIMEOUT_S = 1800
 ERROR_KEY = "__error__"
@@ -68,7 +68,12 @@ def _context(method: str) -> Any:
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":
             ctx.set_forkserver_preload(
-                ["bench_lib.worker", "bench_lib.inference", "bench_lib.finetune", "bench_lib.ruler"]
+                [
+                    "bench_lib.measure.worker",
+                    "bench_lib.suites.inference.measure",
+                    "bench_lib.suites.finetune.measure",
+                    "bench_lib.suites.ruler.measure",
+                ]
             )
         _CONTEXTS[method] = ctx
     return _CONTEXTS[method]

@@ -1,5 +1,5 @@
 """The inference suite: each model under grad, no_grad and inference_mode (and compiled), with
-latency ratios to grad mode. The measuring is in `bench_lib.inference`."""
+latency ratios to grad mode. The measuring is in `bench_lib.suites.inference.measure`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from bench_lib.cases import INFERENCE, REFERENCE_MODE, Case, inference_cases
+from bench_lib.records.cases import INFERENCE, REFERENCE_MODE, Case, inference_cases
 from bench_lib.suites import Section, Suite, register
 
 if TYPE_CHECKING:
-    from bench_lib.devices import Device
-    from bench_lib.results import CaseResult
+    from bench_lib.measure.devices import Device
+    from bench_lib.records.results import CaseResult
     from bench_lib.session import RunConfig
 
 
@@ -36,8 +36,8 @@ class InferenceSuite(Suite):
     def measure(
         self, group: Case, cases: Sequence[Case], request: Mapping[str, Any], device: Device
     ) -> dict[Case, CaseResult]:
-        from bench_lib.inference import measure_inference_group
-        from bench_lib.worker import model_spec, profile_of
+        from bench_lib.measure.worker import model_spec, profile_of
+        from bench_lib.suites.inference.measure import measure_inference_group
 
         results = measure_inference_group(
             model_spec(request), device, group.batch_size, profile_of(request),
@@ -46,13 +46,13 @@ class InferenceSuite(Suite):
         return {r.case: r for r in results.values()}
 
     def add_ratios(self, results: Mapping[Case, CaseResult]) -> dict[Case, CaseResult]:
-        from bench_lib.results import with_ratios
+        from bench_lib.records.results import with_ratios
 
         reference = next((c for c in results if c.mode == REFERENCE_MODE and not c.compile), None)
         return with_ratios(results, reference, "latency_ratio_to_grad")
 
     def report_sections(self, frame: pd.DataFrame) -> list[Section]:
-        from bench_lib.report import inference_view
+        from bench_lib.analysis.report import inference_view
 
         return [("Inference", TEXT, inference_view(frame))]
 

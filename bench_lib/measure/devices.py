@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from bench_lib.errors import UserError
-from bench_lib.memory import PeakCounter, StoragePeakTracker
-from bench_lib.telemetry import (
+from bench_lib.measure.memory import PeakCounter, StoragePeakTracker
+from bench_lib.measure.telemetry import (
     EnergyReading,
     GpuMonitor,
     GpuSnapshot,

@@ -30,7 +30,7 @@ from torch import nn
 
 from bench_lib.errors import UserError
 from bench_lib.models.base import ModelInstance, ModelSpec
-from bench_lib.results import describe_error
+from bench_lib.records.results import describe_error
 
 DEFAULT_FACTORY = "make_model"
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bench_lib.cases import MODE_NAMES
+from bench_lib.records.cases import MODE_NAMES
 
 MIB = 2**20
 

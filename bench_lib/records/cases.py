@@ -11,7 +11,7 @@ INFERENCE = "inference"
 FINETUNE = "finetune"
 RULER = "ruler"
 # The grad modes of an inference case, in report order; `grad` is the reference the ratios use.
-# (bench_lib.modes maps each to its torch context manager.)
+# (bench_lib.measure.modes maps each to its torch context manager.)
 MODE_NAMES = ("grad", "no_grad", "inference_mode")
 REFERENCE_MODE = "grad"
 
@@ -203,7 +203,7 @@ def finetune_cases(
 
 
 def ruler_cases(devices: Sequence[str], rulers: Sequence[str]) -> list[Case]:
-    """The calibration ruler of every device (see `bench_lib.ruler`)."""
+    """The calibration ruler of every device (see `bench_lib.suites.ruler.measure`)."""
     return [Case(RULER, "ruler", device, ruler, 1) for device in devices for ruler in rulers]
 
 

@@ -26,15 +26,15 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from bench_lib.cases import FINETUNE, Case, Profile
-from bench_lib.devices import Device
-from bench_lib.memory import SavedTensorCounter, storage_bytes
+from bench_lib.measure.devices import Device
+from bench_lib.measure.memory import SavedTensorCounter, storage_bytes
+from bench_lib.measure.precision import FLOAT32, autocast, grad_scaler
+from bench_lib.measure.telemetry import energy_columns
+from bench_lib.measure.timing import Variant, calibrate_iterations, measure_interleaved
 from bench_lib.models import ModelInstance, ModelSpec, StagedModel
-from bench_lib.precision import FLOAT32, autocast, grad_scaler
-from bench_lib.results import FAILED, CaseResult, failure
+from bench_lib.records.cases import FINETUNE, Case, Profile
+from bench_lib.records.results import FAILED, CaseResult, failure
 from bench_lib.suites.finetune import FULL
-from bench_lib.telemetry import energy_columns
-from bench_lib.timing import Variant, calibrate_iterations, measure_interleaved
 
 SEED = 0
 NOGRAD = "frozen_nograd"
@@ -140,7 +140,7 @@ class TrainStep:
             if self.strategy.nograd and self._staged:
                 assert isinstance(model, StagedModel)
                 with torch.no_grad():
-                    features = model.forward_stages(*self.inputs, stop=k)
+                    features = model.forward_stages(self.inputs[0], stop=k)  # staged models take one input
                 output = model.forward_stages(features, start=k)
             else:
                 output = model(*self.inputs)
@@ -454,8 +454,9 @@ def measure_finetune_group(
                     mismatch[optimizer] = nograd_trunk_violation(
                         start, device, optimizer, n_blocks, dtype
                     ) or nograd_mismatch(start, device, optimizer, n_blocks, dtype)
-                if mismatch[optimizer]:
-                    results[variant] = CaseResult(case, FAILED, mismatch[optimizer], metrics=metrics[variant])
+                problem = mismatch[optimizer]
+                if problem:
+                    results[variant] = CaseResult(case, FAILED, problem, metrics=metrics[variant])
                     continue
         except Exception as exc:  # noqa: BLE001
             device.release_memory()
@@ -477,8 +478,8 @@ def measure_finetune_group(
         warmup_rounds=profile.finetune_warmup_rounds,
         iterations=iterations,
     )
-    for variant, exc in timed.errors.items():
-        results[variant] = failure(cases[variant], exc, **metrics[variant])
+    for variant, error in timed.errors.items():
+        results[variant] = failure(cases[variant], error, **metrics[variant])
     for variant, samples in timed.samples.items():
         step = steps[variant]
         try:

@@ -29,9 +29,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench_lib.cases import KEY_FIELDS
 from bench_lib.errors import UserError
-from bench_lib.results import STATUSES
+from bench_lib.records.cases import KEY_FIELDS
+from bench_lib.records.results import STATUSES
 
 SCHEMA_VERSION = 4
 
@@ -182,7 +182,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("python_version", "str", "", "Python version"),
     _C("platform", "str", "", "platform.platform()"),
     _C("git_commit", "str", "", "commit of the suite's checkout, `-dirty` with local changes"),
-    _C("cpu_malloc", "str", "", "malloc settings for the run (see bench_lib/allocator.py)"),
+    _C("cpu_malloc", "str", "", "malloc settings for the run (see bench_lib/measure/allocator.py)"),
 )
 # fmt: on
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)

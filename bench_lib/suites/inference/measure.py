@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
-from bench_lib.cases import INFERENCE, Case, Profile
-from bench_lib.devices import Device
-from bench_lib.memory import RssPeak, SavedTensorCounter
+from bench_lib.measure.devices import Device
+from bench_lib.measure.memory import RssPeak, SavedTensorCounter
+from bench_lib.measure.modes import REFERENCE_MODE, mode_context, outputs_mismatch, semantics_violation
+from bench_lib.measure.precision import FLOAT32, autocast, within
+from bench_lib.measure.telemetry import energy_columns
+from bench_lib.measure.timing import Variant, calibrate_iterations, measure_interleaved
 from bench_lib.models import ModelSpec
-from bench_lib.modes import REFERENCE_MODE, mode_context, outputs_mismatch, semantics_violation
-from bench_lib.precision import FLOAT32, autocast, within
-from bench_lib.results import FAILED, CaseResult, failure
-from bench_lib.telemetry import energy_columns
-from bench_lib.timing import Variant, calibrate_iterations, measure_interleaved
+from bench_lib.records.cases import INFERENCE, Case, Profile
+from bench_lib.records.results import FAILED, CaseResult, failure
 
 SEED = 0
 # rtol, atol of the check that a mode's output equals grad mode's, for reduced precisions (the
@@ -27,7 +27,9 @@ TOLERANCE = {"bfloat16": (2e-2, 2e-2), "float16": (1e-2, 1e-2), "tf32": (1e-2, 1
 COMPILED_TOLERANCE = (1e-3, 1e-4)  # inductor fuses and reorders float operations
 
 
-def _probe(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], context, device: Device):  # type: ignore[no-untyped-def]
+def _probe(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], context: Any, device: Device
+) -> tuple[Any, dict[str, Any]]:
     """One untimed forward in `context` that counts memory: returns (output, metrics)."""
     params = list(model.parameters())
     peak, saved, rss = device.peak_counter(), SavedTensorCounter(params), RssPeak()
@@ -62,7 +64,9 @@ def reference_output(
     return None, None
 
 
-def _compiled_probe(fast: Any, inputs: tuple[torch.Tensor, ...], context: Any, device: Device):  # type: ignore[no-untyped-def]
+def _compiled_probe(
+    fast: Any, inputs: tuple[torch.Tensor, ...], context: Any, device: Device
+) -> tuple[Any, dict[str, Any]]:
     """The first call of a compiled model in `context` (tracing and compiling: `compile_s`), then
     one call whose memory is counted where the device's counter sees inside compiled code (the
     CUDA allocator does; the CPU's tensor tracker, a dispatch mode, does not: left empty)."""
@@ -178,8 +182,8 @@ def measure_inference_group(
         warmup_rounds=profile.warmup_rounds,
         iterations=iterations,
     )
-    for mode, exc in timed.errors.items():
-        results[mode] = failure(cases[mode], exc, **metrics[mode])
+    for mode, error in timed.errors.items():
+        results[mode] = failure(cases[mode], error, **metrics[mode])
     items = instance.items_per_batch or batch_size
     for mode, samples in timed.samples.items():
         with context[mode]():  # GPU energy per item, in a phase of its own after the timing

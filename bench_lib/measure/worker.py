@@ -1,6 +1,6 @@
 """What a worker process does: measure one group of cases, described by a JSON-able request.
 
-Each group runs in fresh processes (see `bench_lib.runner`), so that no group inherits
+Each group runs in fresh processes (see `bench_lib.measure.runner`), so that no group inherits
 another's heap layout or allocator state, and so that several independent
 processes can be pooled: process-to-process variation is the largest noise term on a shared
 machine, and only sampling several processes averages it out (the pyperf approach). A crash of
@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from bench_lib.allocator import pin_glibc_malloc
-from bench_lib.cases import Case, Profile
-from bench_lib.devices import make_device
-from bench_lib.environment import torch_threads
-from bench_lib.inject import injected_spec, parse_injection
+from bench_lib.measure.allocator import pin_glibc_malloc
+from bench_lib.measure.devices import make_device
+from bench_lib.measure.environment import torch_threads
+from bench_lib.measure.inject import injected_spec, parse_injection
+from bench_lib.measure.precision import float32_mode, float32_settings
 from bench_lib.models import ModelSpec, get_model
-from bench_lib.precision import float32_mode, float32_settings
-from bench_lib.results import CaseResult
+from bench_lib.records.cases import Case, Profile
+from bench_lib.records.results import CaseResult
 from bench_lib.suites import SUITES
 
 Request = Mapping[str, Any]

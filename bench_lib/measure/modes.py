@@ -14,8 +14,8 @@ from contextlib import AbstractContextManager
 import torch
 from torch.utils._pytree import tree_leaves
 
-from bench_lib.cases import MODE_NAMES, REFERENCE_MODE
 from bench_lib.errors import UserError
+from bench_lib.records.cases import MODE_NAMES, REFERENCE_MODE
 
 __all__ = ["MODES", "REFERENCE_MODE", "mode_context", "outputs_mismatch", "semantics_violation"]
 

@@ -1,0 +1,1 @@
+"""What a measurement is: case identity, raw samples and statistics, results, the report format. No torch."""
