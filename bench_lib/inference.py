@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map_only
 
 from bench_lib.cases import INFERENCE, Case, Profile
 from bench_lib.devices import Device
 from bench_lib.memory import RssPeak, SavedTensorCounter
+from bench_lib.memory_trace import MemoryTrace, ModuleMemory, device_counters
 from bench_lib.models import ModelSpec
 from bench_lib.modes import REFERENCE_MODE, mode_context, outputs_mismatch, semantics_violation
 from bench_lib.precision import FLOAT32, autocast, within
@@ -27,38 +30,52 @@ COMPILED_TOLERANCE = (1e-3, 1e-4)  # inductor fuses and reorders float operation
 
 
 def _probe(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], context, device: Device):  # type: ignore[no-untyped-def]
-    """One untimed forward in `context` that counts memory: returns (output, metrics)."""
-    params = list(model.parameters())
-    peak, saved, rss = device.peak_counter(), SavedTensorCounter(params), RssPeak()
-    with context(), rss.track(), peak.track(), saved.track():
+    """One untimed forward in `context` whose output is checked: returns (output, metrics), the
+    bytes saved for backward (the mode checks need them) and the RSS high-water change."""
+    saved, rss = SavedTensorCounter(model.parameters()), RssPeak()
+    with context(), rss.track(), saved.track():
         output = model(*inputs)
     device.synchronize()
-    metrics = {
-        "mem_peak_bytes": peak.peak_bytes,
-        "mem_saved_for_backward_bytes": saved.saved_bytes,
-        "rss_peak_delta_bytes": rss.delta_bytes,
-        **getattr(peak, "extra", {}),  # CUDA: allocator peak, reserved peak, live bytes before
-    }
+    metrics = {"mem_saved_for_backward_bytes": saved.saved_bytes, "rss_peak_delta_bytes": rss.delta_bytes}
     return output, metrics
 
 
-def _compiled_probe(fast: Any, inputs: tuple[torch.Tensor, ...], context: Any, device: Device):  # type: ignore[no-untyped-def]
+def _memory_probe(  # type: ignore[no-untyped-def]
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    context,
+    device: Device,
+    blocks: Sequence[torch.nn.Module],
+) -> tuple[dict[str, Any], tuple[ModuleMemory, ...]]:
+    """One untimed forward in `context` traced at the allocator (`MemoryTrace`): its peak, the
+    device's own allocator counters where it has them, and where the bytes went, by module."""
+    trace, counter = MemoryTrace(device.name, model, blocks), device_counters(device)
+    saved = SavedTensorCounter(model.parameters(), label=trace.current_label)
+    with context(), counter.track() if counter else nullcontext(), trace.track(), saved.track():
+        model(*inputs)
+    device.synchronize()
+    metrics = {"mem_peak_bytes": trace.peak_bytes, **getattr(counter, "extra", {})}
+    return metrics, trace.modules(saved.by_label)
+
+
+def _compiled_probe(fast: Any, inputs: tuple[torch.Tensor, ...], context: Any, device: Device, memory: bool):  # type: ignore[no-untyped-def]
     """The first call of a compiled model in `context` (tracing and compiling: `compile_s`), then
-    one call whose memory is counted where the device's counter sees inside compiled code (the
-    CUDA allocator does; the CPU's tensor tracker, a dispatch mode, does not: left empty)."""
+    with `memory` one call traced at the allocator, which sees inside compiled code (no module
+    attribution: compiled code runs no module hooks)."""
     device.synchronize()
     start = time.perf_counter()
     with context():
         fast(*inputs)
     device.synchronize()
     metrics: dict[str, Any] = {"compile_s": time.perf_counter() - start}
-    if device.kind != "cuda":
-        with context():
-            return fast(*inputs), metrics
-    peak = device.peak_counter()
-    with context(), peak.track():
-        output = fast(*inputs)
-    return output, metrics | {"mem_peak_bytes": peak.peak_bytes, **getattr(peak, "extra", {})}
+    if memory:
+        trace, counter = MemoryTrace(device.name), device_counters(device)
+        with context(), counter.track() if counter else nullcontext(), trace.track():
+            fast(*inputs)
+        device.synchronize()
+        metrics |= {"mem_peak_bytes": trace.peak_bytes, **getattr(counter, "extra", {})}
+    with context():
+        return fast(*inputs), metrics
 
 
 def input_transfer(device: Device, inputs: tuple[torch.Tensor, ...], rounds: int = 20) -> dict[str, Any]:
@@ -90,13 +107,16 @@ def measure_inference_group(
     profile: Profile,
     modes: Sequence[str],
     dtype: str = FLOAT32,
+    memory: bool = True,
 ) -> dict[str, CaseResult]:
     """Measure `spec` at `batch_size` on `device` under each of `modes`, interleaved (all under
     autocast to `dtype` unless it is float32).
 
-    For each mode: one warm-up call, then one probe forward that counts peak tensor bytes, bytes
-    saved for backward and the RSS high-water change, and checks the mode's semantics and that its
-    output equals grad mode's. Then the modes that passed are timed round-robin
+    For each mode: one warm-up call; with `memory`, one forward traced at the allocator (peak
+    bytes and where they went, by module: `CaseResult.modules`); then one probe forward that
+    counts the bytes saved for backward and the RSS high-water change, and checks the mode's
+    semantics and that its output equals grad mode's (kept without its graph, so that the other
+    modes are measured with only their own memory live). Then the modes that passed are timed round-robin
     (`profile.rounds` rounds after `profile.warmup_rounds`). The reference mode (grad) is always
     measured and returned, even when not asked for, because the ratios to it need it (the caller
     adds them with `results.with_ratios`, after pooling processes).
@@ -120,15 +140,22 @@ def measure_inference_group(
 
     results: dict[str, CaseResult] = {}
     metrics: dict[str, dict] = {}
+    modules: dict[str, tuple[ModuleMemory, ...]] = {}
     reference_output = None
     for mode in measured:
         try:
             if mode in compiled:
-                output, metrics[mode] = _compiled_probe(fast, inputs, context[mode], device)
+                output, metrics[mode] = _compiled_probe(fast, inputs, context[mode], device, memory)
             else:
                 with context[mode]():
                     model(*inputs)  # warm-up: one-time allocations stay out of the memory figures
+                traced: dict[str, Any] = {}
+                if memory:
+                    traced, modules[mode] = _memory_probe(
+                        model, inputs, context[mode], device, instance.blocks
+                    )
                 output, metrics[mode] = _probe(model, inputs, context[mode], device)
+                metrics[mode] |= traced
         except Exception as exc:  # noqa: BLE001
             device.release_memory()
             results[mode] = failure(cases[mode], exc)
@@ -138,7 +165,7 @@ def measure_inference_group(
         )
         tolerance = TOLERANCE.get(dtype, COMPILED_TOLERANCE if mode in compiled else (1e-4, 1e-5))
         if problem is None and mode == REFERENCE_MODE:
-            reference_output = output
+            reference_output = tree_map_only(torch.Tensor, torch.Tensor.detach, output)  # no graph
         elif problem is None and reference_output is not None:
             problem = outputs_mismatch(reference_output, output, *tolerance)
         if problem is not None:
@@ -166,5 +193,6 @@ def measure_inference_group(
             samples=samples,
             items_per_batch=items,
             metrics=metrics[mode] | transfer | energy,
+            modules=modules.get(mode, ()),
         )
     return {m: results[m] for m in measured}

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from bench_lib.cases import Case
+from bench_lib.memory_trace import ModuleMemory
 from bench_lib.stats import paired_ratio
 from bench_lib.timing import Samples
 
@@ -20,7 +21,8 @@ STATUSES = (OK, FAILED, OOM)
 class CaseResult:
     """One case's outcome: raw samples (latency statistics derive from them) and exact metrics.
 
-    `metrics` holds the suite's other columns by their schema names (memory in bytes, ratios).
+    `metrics` holds the suite's other columns by their schema names (memory in bytes, ratios);
+    `modules` where the case's memory went, module by module (the `*.modules.csv` rows).
     A case that did not succeed has `status` "failed" or "oom" and an `error` message; it may
     still carry the figures measured before it failed, never figures that failed a check.
     """
@@ -31,6 +33,7 @@ class CaseResult:
     samples: Samples | None = None
     items_per_batch: int = 0
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    modules: tuple[ModuleMemory, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -51,6 +54,7 @@ class CaseResult:
             "samples": asdict(self.samples) if self.samples is not None else None,
             "items_per_batch": self.items_per_batch,
             "metrics": dict(self.metrics),
+            "modules": [asdict(m) for m in self.modules],
         }
 
     @classmethod
@@ -71,7 +75,13 @@ class CaseResult:
             samples=samples,
             items_per_batch=data["items_per_batch"],
             metrics=data["metrics"],
+            modules=tuple(ModuleMemory(**m) for m in data.get("modules", ())),
         )
+
+    def module_rows(self) -> list[dict[str, Any]]:
+        """The case's rows of the `*.modules.csv` report: its key, then one module's figures."""
+        key = asdict(self.case)
+        return [key | asdict(m) for m in self.modules]
 
     def row(self) -> dict[str, Any]:
         """The case's report columns (identity, status, latency statistics, metrics)."""

@@ -26,10 +26,12 @@ def run_group(
 
     `processes=0` measures in this process instead (for debugging; no isolation). `cases` names
     the group's cases by variant, so a worker that dies can be reported against each of them.
+    Memory is measured by the first process only: its figures are exact and deterministic, the
+    same in every process, and its trace costs time (see `bench_lib.memory_trace`).
     """
     if processes == 0:
         return run_request(request)
-    parts = [_run_worker(request, cases, start_method) for _ in range(processes)]
+    parts = [_run_worker({**request, "memory": i == 0}, cases, start_method) for i in range(processes)]
     return pool(parts)
 
 
@@ -105,8 +107,8 @@ def pool(parts: Sequence[Mapping[str, CaseResult]]) -> dict[str, CaseResult]:
     """One result per variant from several processes' results.
 
     A variant that did not succeed in some process takes that process's status and error. For
-    the others the samples are pooled (tagged by process) and the metrics come from the first
-    process; memory figures are deterministic, so every process measured the same bytes.
+    the others the samples are pooled (tagged by process) and the metrics and module rows come
+    from the first process, the one that measures memory (see `run_group`).
     """
     out: dict[str, CaseResult] = {}
     for name in parts[0]:

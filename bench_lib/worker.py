@@ -45,6 +45,7 @@ def _inference(request: Request, device: Device) -> dict[str, CaseResult]:
         _profile(request),
         request["variants"],
         dtype=request.get("dtype", "float32"),
+        memory=request.get("memory", True),
     )
 
 
@@ -58,6 +59,7 @@ def _finetune(request: Request, device: Device) -> dict[str, CaseResult]:
         _profile(request),
         request["variants"],
         dtype=request.get("dtype", "float32"),
+        memory=request.get("memory", True),
     )
 
 

@@ -11,8 +11,12 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.checkpoint import checkpoint
 
+from bench_lib.cases import Profile
+from bench_lib.devices import CpuDevice
+from bench_lib.inference import measure_inference_group
 from bench_lib.memory import SavedTensorCounter, StoragePeakTracker
 from bench_lib.memory_trace import AUTOGRAD, ROOT, MemoryTrace
+from bench_lib.models import ModelSpec
 
 F32 = 4
 MODES = (torch.enable_grad, torch.no_grad, torch.inference_mode)
@@ -199,6 +203,36 @@ class Checkpointed(nn.Module):
 
     def forward(self, x):
         return checkpoint(self.block, x, use_reentrant=self.reentrant)
+
+
+TINY = Profile("t", (1,), rounds=2, warmup_rounds=1, iterations=1)
+
+
+def checkpointed_spec(reentrant):
+    return ModelSpec(
+        "ckpt", build=lambda: Checkpointed(reentrant), make_inputs=lambda b: (torch.randn(b, 4),)
+    )
+
+
+def test_checkpointed_forward_saves_only_the_checkpoint_inputs():
+    """`torch.utils.checkpoint` keeps its input and recomputes the rest in backward: the saved
+    bytes are the input's, and grad mode still saves something (the mode check passes)."""
+    results = measure_inference_group(checkpointed_spec(False), CpuDevice(), 5, TINY, ["grad", "no_grad"])
+    assert [r.status for r in results.values()] == ["ok", "ok"], [r.error for r in results.values()]
+    grad = results["grad"]
+    assert grad.metrics["mem_saved_for_backward_bytes"] == 5 * 4 * F32  # the input only
+    assert sum(m.mem_saved_for_backward_bytes for m in grad.modules) == 5 * 4 * F32
+    plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    _, saved, _ = traced(plain, torch.randn(5, 4), torch.enable_grad)
+    assert saved.saved_bytes == 5 * 4 * F32 + 5 * 8 * F32  # without checkpoint: + the ReLU output
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+def test_reentrant_checkpoint_without_an_input_that_needs_grad_fails_the_grad_check():
+    """The reentrant checkpoint records no graph when no input needs grad: the block's
+    parameters would silently get no gradient. The grad-mode check says so."""
+    results = measure_inference_group(checkpointed_spec(True), CpuDevice(), 5, TINY, ["grad"])
+    assert results["grad"].status == "failed" and "no grad_fn" in results["grad"].error
 
 
 def test_backward_recomputation_is_charged_to_the_recomputed_modules():
