@@ -40,7 +40,15 @@ from bench_lib.precision import parse_dtypes, unsupported_reason
 from bench_lib.results import OOM, CaseResult, with_ratios
 from bench_lib.ruler import RULERS
 from bench_lib.runner import START_METHODS, run_group
-from bench_lib.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
+from bench_lib.schema import (
+    SAMPLE_COLUMNS,
+    SCHEMA_VERSION,
+    modules_frame,
+    modules_path,
+    samples_path,
+    to_frame,
+    write_csv_atomic,
+)
 
 DEFAULT_THREADS = 1  # like torch.utils.benchmark: steadier figures; BENCH_THREADS overrides
 
@@ -209,8 +217,9 @@ def _parse_count(text: str, what: str, minimum: int = 1) -> int:
 
 @dataclass
 class ReportWriter:
-    """Writes the report and its raw samples after every case (atomically), so an interrupted run
-    keeps what it measured; `finish` copies them to `latest.csv` / `latest.samples.csv`."""
+    """Writes the report, its raw samples and its by-module memory after every case
+    (atomically), so an interrupted run keeps what it measured; `finish` copies them to
+    `latest.csv`, `latest.samples.csv` and `latest.modules.csv`."""
 
     results_dir: Path
     env: Environment
@@ -220,6 +229,7 @@ class ReportWriter:
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
+    modules: list[dict] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -247,12 +257,17 @@ class ReportWriter:
                     {"run_id": self.run_id, **key, "process": proc, "round": i,
                      "latency_ms": primary, "host_latency_ms": host}
                 )  # fmt: skip
+        modules = [*self.modules, *({"run_id": self.run_id} | m for m in result.module_rows())]
         write_csv_atomic(to_frame(rows), self.path)
         write_csv_atomic(pd.DataFrame(samples, columns=list(SAMPLE_COLUMNS)), samples_path(self.path))
-        self.rows, self.samples = rows, samples
+        write_csv_atomic(modules_frame(modules), modules_path(self.path))
+        self.rows, self.samples, self.modules = rows, samples, modules
 
     def frame(self) -> pd.DataFrame:
         return to_frame(self.rows)
+
+    def modules_frame(self) -> pd.DataFrame:
+        return modules_frame(self.modules)
 
     def finish(self) -> Path | None:
         """Copy the report to `latest.csv`; None when no case was recorded."""
@@ -261,7 +276,8 @@ class ReportWriter:
         if self.out is not None:
             return self.path
         latest = self.results_dir / "latest.csv"
-        for src, dst in ((self.path, latest), (samples_path(self.path), samples_path(latest))):
+        companions = (samples_path, modules_path)
+        for src, dst in ((self.path, latest), *((c(self.path), c(latest)) for c in companions)):
             tmp = dst.with_name(f".{dst.name}.tmp")
             shutil.copyfile(src, tmp)
             os.replace(tmp, dst)
