@@ -127,6 +127,27 @@ def test_multihead_attention_peak_matches_the_allocator(ctx):
         assert storage_peak(model, x, ctx) == t_e
 
 
+@pytest.mark.parametrize("ctx", [torch.no_grad, torch.inference_mode])
+def test_zoo_transformer_peaks_in_its_second_fused_layer(ctx):
+    """The zoo transformer without grad: `nn.TransformerEncoder` keeps its input (the embedding
+    output) while the layers run, so in layer 2 its input, layer 1's output and the fused layer's
+    6 T E are alive together: 8 T E. Tensors alone would say 3 T E (three activations)."""
+    from bench_lib.models import ZOO
+    from bench_lib.models.transformer import D_MODEL, SEQ_LEN
+
+    torch.manual_seed(0)
+    instance = ZOO["transformer"].instantiate(2)
+    model, (ids,) = instance.model.eval(), instance.input_tuple()
+    t_e = 2 * SEQ_LEN * D_MODEL * F32
+    trace, _, rows = traced(model, ids, ctx)
+    assert trace.peak_bytes == 8 * t_e
+    assert storage_peak(model, ids, ctx) == 3 * t_e
+    held = {r.module: r.mem_peak_bytes for r in rows}
+    assert held["encoder.layers.1"] == 6 * t_e  # the fused layer, its submodules never called
+    assert "encoder.layers.1.self_attn" not in held
+    check_against_independent_read(model, ids, ctx, trace)
+
+
 @pytest.fixture
 def without_mkldnn():
     enabled = torch._C._get_mkldnn_enabled()
