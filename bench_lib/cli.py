@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench_lib.errors import UserError
 from bench_lib.options import add_run_arguments
-from bench_lib.records.schema import write_text_atomic
+from bench_lib.records.schema import is_companion, write_text_atomic
 
 DEFAULT_REPORT = Path("results/latest.csv")
 
@@ -88,18 +88,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def load_modules(paths: Sequence[str | Path]) -> pd.DataFrame | None:
+    """The by-module companions of reports (`*.modules.csv`) as one frame; None without any."""
+    from bench_lib.records.schema import read_modules
+
+    frames = [f for f in (read_modules(p) for p in paths) if f is not None]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench_lib.analysis import report
 
-    frame = load_results(args.reports or [DEFAULT_REPORT])
+    paths = args.reports or [DEFAULT_REPORT]
+    frame, modules = load_results(paths), load_modules(paths)
     if args.format == "html" and not args.out:
         raise UserError("--format html needs --out FILE")
-    render: dict[str, Callable[[pd.DataFrame], str]] = {
+    render: dict[str, Callable[..., str]] = {
         "console": report.render_console,
         "md": report.render_markdown,
         "html": report.render_html,
     }
-    _write(render[args.format](frame), args.out)
+    _write(render[args.format](frame, modules=modules), args.out)
     return 0
 
 
@@ -113,12 +122,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _side(spec: str) -> list[Path]:
-    """A report, or a folder of reports (every run file in it: not latest.csv, not samples)."""
+    """A report, or a folder of reports (every run file in it: not latest.csv, not companions)."""
     path = Path(spec)
     if path.is_dir():
-        runs = sorted(
-            p for p in path.glob("*.csv") if p.name != "latest.csv" and not p.name.endswith(".samples.csv")
-        )
+        runs = sorted(p for p in path.glob("*.csv") if p.name != "latest.csv" and not is_companion(p))
         if not runs:
             raise UserError(f"{path}: no report in this folder")
         return runs

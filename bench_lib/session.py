@@ -28,7 +28,15 @@ from bench_lib.models.plugins import absolute_reference, check_user_model, is_re
 from bench_lib.preflight import compile_problem
 from bench_lib.records.cases import MODE_NAMES, Case, Profile, get_profile, parse_list
 from bench_lib.records.results import OOM, CaseResult
-from bench_lib.records.schema import SAMPLE_COLUMNS, SCHEMA_VERSION, samples_path, to_frame, write_csv_atomic
+from bench_lib.records.schema import (
+    SAMPLE_COLUMNS,
+    SCHEMA_VERSION,
+    modules_frame,
+    modules_path,
+    samples_path,
+    to_frame,
+    write_csv_atomic,
+)
 from bench_lib.suites import SUITES
 from bench_lib.suites.finetune.measure import OPTIMIZERS
 
@@ -195,8 +203,9 @@ def _parse_count(text: str, what: str, minimum: int = 1) -> int:
 
 @dataclass
 class ReportWriter:
-    """Writes the report and its raw samples after every case (atomically), so an interrupted run
-    keeps what it measured; `finish` copies them to `latest.csv` / `latest.samples.csv`."""
+    """Writes the report, its raw samples and its by-module memory after every case
+    (atomically), so an interrupted run keeps what it measured; `finish` copies them to
+    `latest.csv`, `latest.samples.csv` and `latest.modules.csv`."""
 
     results_dir: Path
     env: Environment
@@ -206,6 +215,7 @@ class ReportWriter:
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
+    modules: list[dict] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -233,12 +243,17 @@ class ReportWriter:
                     {"run_id": self.run_id, **key, "process": proc, "round": i,
                      "latency_ms": primary, "host_latency_ms": host}
                 )  # fmt: skip
+        modules = [*self.modules, *({"run_id": self.run_id} | m for m in result.module_rows())]
         write_csv_atomic(to_frame(rows), self.path)
         write_csv_atomic(pd.DataFrame(samples, columns=list(SAMPLE_COLUMNS)), samples_path(self.path))
-        self.rows, self.samples = rows, samples
+        write_csv_atomic(modules_frame(modules), modules_path(self.path))
+        self.rows, self.samples, self.modules = rows, samples, modules
 
     def frame(self) -> pd.DataFrame:
         return to_frame(self.rows)
+
+    def modules_frame(self) -> pd.DataFrame:
+        return modules_frame(self.modules)
 
     def finish(self) -> Path | None:
         """Copy the report to `latest.csv`; None when no case was recorded."""
@@ -247,7 +262,8 @@ class ReportWriter:
         if self.out is not None:
             return self.path
         latest = self.results_dir / "latest.csv"
-        for src, dst in ((self.path, latest), (samples_path(self.path), samples_path(latest))):
+        companions = (samples_path, modules_path)
+        for src, dst in ((self.path, latest), *((c(self.path), c(latest)) for c in companions)):
             tmp = dst.with_name(f".{dst.name}.tmp")
             shutil.copyfile(src, tmp)
             os.replace(tmp, dst)

@@ -1,11 +1,12 @@
-"""Writes tests/data/small.csv: a small fixed report for the renderer and compare tests.
+"""Writes tests/data/small.csv: a small fixed report for the renderer and compare tests, and its
+by-module companion small.modules.csv (whose rows sum to the report's memory figures).
 
 Run `python tests/make_fixture.py` after a schema change, then review and commit the golden files.
 """
 
 from pathlib import Path
 
-from bench_lib.records.schema import SCHEMA_VERSION, to_frame, write_csv_atomic
+from bench_lib.records.schema import SCHEMA_VERSION, modules_frame, to_frame, write_csv_atomic
 
 ENV = {
     "machine_id": "0123456789ab", "hostname": "ci-host", "cpu_model": "Example CPU 9000", "cpu_count": 2,
@@ -88,5 +89,50 @@ ROWS = [
     CUDA,
 ]
 
+
+def modules(suite, mode, strategy, rows):
+    case = {"run_id": RUN["run_id"], "suite": suite, "model": "mlp", "device": "cpu", "mode": mode,
+            "batch_size": 32, "dtype": "float32", "strategy": strategy,
+            "optimizer": "adamw" if strategy else "", "compile": ""}  # fmt: skip
+    return [
+        case | {"module": path, "module_type": kind, "block": block, "mem_saved_for_backward_bytes": saved,
+                "mem_peak_bytes": peak}
+        for path, kind, block, saved, peak in rows
+    ]  # fmt: skip
+
+
+ACT = 32 * 512 * 4  # one hidden activation of the MLP at batch 32
+MODULE_ROWS = [
+    *modules("inference", "grad", "", [
+        ("trunk_blocks.0.0", "Linear", "trunk_blocks.0", 32 * 256 * 4, 0),
+        ("trunk_blocks.0.1", "ReLU", "trunk_blocks.0", ACT, ACT),
+        ("trunk_blocks.1.1", "ReLU", "trunk_blocks.1", ACT, ACT),
+        ("trunk_blocks.2.0", "Linear", "trunk_blocks.2", 0, ACT),
+        ("trunk_blocks.2.1", "ReLU", "trunk_blocks.2", ACT, ACT),
+    ]),
+    *modules("inference", "no_grad", "", [
+        ("trunk_blocks.1.0", "Linear", "trunk_blocks.1", 0, ACT),
+        ("trunk_blocks.2.0", "Linear", "trunk_blocks.2", 0, ACT),
+        ("trunk_blocks.2.1", "ReLU", "trunk_blocks.2", 0, ACT),
+    ]),
+    *modules("finetune", "", "full", [
+        ("trunk_blocks.0.0", "Linear", "trunk_blocks.0", 32 * 256 * 4, 526336),
+        ("trunk_blocks.0.1", "ReLU", "trunk_blocks.0", ACT, 0),
+        ("trunk_blocks.1.0", "Linear", "trunk_blocks.1", 0, 1050624),
+        ("trunk_blocks.1.1", "ReLU", "trunk_blocks.1", ACT, 0),
+        ("trunk_blocks.2.0", "Linear", "trunk_blocks.2", 0, 1050624),
+        ("trunk_blocks.2.1", "ReLU", "trunk_blocks.2", ACT, 0),
+        ("head", "Linear", "head", 0, 20520),
+        ("(loss)", "", "(loss)", 1536, 0),
+        ("(optimizer)", "", "(optimizer)", 0, 230912),
+    ]),
+    *modules("finetune", "", "frozen_3", [
+        ("head", "Linear", "head", ACT, 20520),
+        ("(loss)", "", "(loss)", 1536, 0),
+        ("(optimizer)", "", "(optimizer)", 0, 67072),
+    ]),
+]  # fmt: skip
+
 if __name__ == "__main__":
     write_csv_atomic(to_frame(ROWS), Path(__file__).parent / "data" / "small.csv")
+    write_csv_atomic(modules_frame(MODULE_ROWS), Path(__file__).parent / "data" / "small.modules.csv")

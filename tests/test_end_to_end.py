@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench_lib.records.schema import read_report
+from bench_lib.records.cases import KEY_FIELDS
+from bench_lib.records.schema import read_modules, read_report
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY = ["mem_peak_bytes", "mem_saved_for_backward_bytes"]
@@ -59,7 +60,7 @@ def test_suite_writes_a_valid_report_with_every_case(two_runs):
     assert (others["mem_saved_for_backward_bytes"] == 0).all()
     assert (frame["torch_threads"] == 1).all() and frame["machine_id"].nunique() == 1
     runs = [p for p in out.iterdir() if p.name.endswith(".csv") and not p.name.startswith("latest")]
-    assert len(runs) == 2  # <timestamp>_<machine id>.csv and its .samples.csv
+    assert len(runs) == 3  # <timestamp>_<machine id>.csv, its .samples.csv and .modules.csv
     samples = pd.read_csv(out / "latest.samples.csv")
     finetune = report[report["suite"] == "finetune"]
     assert len(samples) == (len(frame) + len(ruler)) * 5 + len(finetune) * 3  # tiny: 5 and 3 rounds
@@ -71,6 +72,19 @@ def test_memory_columns_are_identical_between_runs(two_runs):
         read_report(out / "latest.csv").set_index(["model", "batch_size", "mode"]) for out, _ in two_runs
     ]
     pd.testing.assert_frame_equal(frames[0][MEMORY].sort_index(), frames[1][MEMORY].sort_index())
+
+
+def test_module_rows_are_identical_between_runs_and_sum_to_each_case(two_runs):
+    key = list(KEY_FIELDS)
+    modules = [read_modules(out / "latest.csv").drop(columns="run_id") for out, _ in two_runs]
+    pd.testing.assert_frame_equal(modules[0], modules[1])
+    report = read_report(two_runs[0][0] / "latest.csv")
+    eager = report[(report["suite"] != "ruler") & (report["compile"] == "")].set_index(key)
+    sums = modules[0].groupby(key)[["mem_peak_bytes", "mem_saved_for_backward_bytes"]].sum()
+    assert len(sums) == len(eager)  # every eager case has its rows
+    assert (sums["mem_peak_bytes"] == eager.loc[sums.index, "mem_peak_bytes"]).all()
+    saved = eager["mem_saved_for_backward_bytes"].fillna(eager["mem_activations_bytes"])
+    assert (sums["mem_saved_for_backward_bytes"] == saved.loc[sums.index]).all()
 
 
 def test_selecting_a_subset_with_k(tmp_path):

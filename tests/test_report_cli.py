@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from bench_lib.analysis.compare import compare
-from bench_lib.analysis.report import noise_view, render_markdown
+from bench_lib.analysis.report import noise_view, render_markdown, where_memory_goes_table
 from bench_lib.cli import load_results, main
 from bench_lib.errors import UserError
-from bench_lib.records.schema import SCHEMA_VERSION, read_report
+from bench_lib.records.schema import SCHEMA_VERSION, read_modules, read_report
 
 DATA = Path(__file__).parent / "data"
 SMALL = DATA / "small.csv"
@@ -43,10 +43,18 @@ def test_html_report_has_every_section_and_embedded_plots(tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["report", str(SMALL), "--format", "html", "--out", str(out)]) == 0
     page = out.read_text()
-    for section in ("Environment", "Inference", "Fine-tuning", "GPU", "Noise and failures"):
+    for section in (
+        "Environment",
+        "Inference",
+        "Fine-tuning",
+        "Where the memory goes",
+        "GPU",
+        "Noise and failures",
+    ):
         assert f"<h2>{section}</h2>" in page
-    # latency and memory per model, device and dtype (mlp cpu, mlp cuda bf16, transformer cpu); finetune
-    assert page.count('src="data:image/png;base64,') == 3 + 3 + 1
+    # latency and memory per model, device and dtype (mlp cpu, mlp cuda bf16, transformer cpu); finetune;
+    # where the memory goes (mlp cpu batch 32, from small.modules.csv beside the report)
+    assert page.count('src="data:image/png;base64,') == 3 + 3 + 1 + 1
     assert "http" not in page.replace("http-equiv", "")  # self-contained
 
 
@@ -157,3 +165,31 @@ def test_the_module_entry_point_exits_2_without_a_traceback(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"error: {tmp_path / 'missing.csv'}: no such file"
+
+
+def test_where_the_memory_goes_splits_each_case_by_block_and_type_summing_to_its_figures():
+    frame, modules = read_report(SMALL), read_modules(SMALL)
+    table = where_memory_goes_table(modules)
+    key = ("mlp", "cpu", "float32", 32)
+    blocks = table.loc[key].xs("block")
+    cases = frame[(frame["model"] == "mlp") & (frame["device"] == "cpu")].set_index(["mode", "strategy"])
+    total = blocks.loc["(total)"]
+    assert total["grad peak"] == cases.loc[("grad", ""), "mem_peak_bytes"]
+    assert total["grad saved"] == cases.loc[("grad", ""), "mem_saved_for_backward_bytes"]
+    assert total["no_grad peak"] == cases.loc[("no_grad", ""), "mem_peak_bytes"]
+    assert total["full peak"] == cases.loc[("", "full"), "mem_peak_bytes"]
+    assert total["frozen_3 peak"] == cases.loc[("", "frozen_3"), "mem_peak_bytes"]
+    parts = blocks.drop(index="(total)").sum()
+    assert (parts == total).all()  # the blocks add up to the case
+    types = table.loc[key].xs("type")
+    assert (types.sum() == total).all()  # so do the module types
+    assert types.loc["Linear", "full peak"] == 526336 + 2 * 1050624 + 20520  # the gradients
+    # what freezing the first three blocks saves, block by block
+    assert blocks.loc["trunk_blocks.1", "full peak"] == 1050624
+    assert pd.isna(blocks.loc["trunk_blocks.1", "frozen_3 peak"])
+
+
+def test_markdown_report_shows_where_the_memory_goes_when_given_module_rows():
+    text = render_markdown(read_report(SMALL), modules=read_modules(SMALL))
+    assert "## Where the memory goes" in text and "| trunk_blocks.1 " in text and "| (total) " in text
+    assert "## Where the memory goes" not in render_markdown(read_report(SMALL))

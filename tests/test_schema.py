@@ -8,11 +8,15 @@ import pytest
 from bench_lib.errors import UserError
 from bench_lib.measure.environment import collect_environment
 from bench_lib.records.cases import Case
-from bench_lib.records.results import CaseResult
+from bench_lib.records.results import CaseResult, ModuleMemory
 from bench_lib.records.schema import (
     COLUMN_NAMES,
+    MODULE_COLUMNS,
+    MODULE_FILE_COLUMNS,
     SCHEMA_VERSION,
     documented,
+    modules_path,
+    read_modules,
     read_report,
     samples_path,
     to_frame,
@@ -161,3 +165,44 @@ def test_a_result_that_did_not_succeed_must_say_why():
         CaseResult(case, "failed", "")
     with pytest.raises(ValueError, match="status must be one of"):
         CaseResult(case, "broken", "why")
+
+
+def test_version_3_cpu_peaks_are_not_read_as_allocator_peaks():
+    """Version 3 counted tensor storages on the CPU: another quantity than the allocator's
+    high-water mark, so those figures are read as empty (CUDA's were the allocator's already)."""
+    old = Path(__file__).parent / "data" / "small_v3.csv"
+    assert old.read_text().splitlines()[1].startswith("3,")
+    frame = read_report(old)
+    assert (frame["schema_version"] == SCHEMA_VERSION).all()
+    assert frame.loc[frame["device"] == "cpu", "mem_peak_bytes"].isna().all()
+    assert frame.loc[frame["device"] == "cuda", "mem_peak_bytes"].tolist() == [99328]
+    assert frame["mem_saved_for_backward_bytes"].notna().any()  # other memory columns kept
+
+
+def test_module_rows_go_to_a_companion_file_beside_the_report(tmp_path):
+    rows = (ModuleMemory("lin", "Linear", "lin", 512, 768), ModuleMemory("(root)", "Net", "(root)", 0, 256))
+    measured = CaseResult(
+        Case("inference", "mlp", "cpu", "grad", 32), metrics={"mem_peak_bytes": 1024}, modules=rows
+    )
+    writer = ReportWriter(tmp_path, collect_environment(), "tiny")
+    writer.add(measured)
+    writer.add(result("no_grad"))  # no module rows
+    frame = read_modules(writer.path)
+    assert list(frame.columns) == list(MODULE_FILE_COLUMNS)
+    assert frame["module"].tolist() == ["lin", "(root)"] and frame["mem_peak_bytes"].sum() == 1024
+    assert (frame["run_id"] == writer.run_id).all() and (frame["mode"] == "grad").all()
+    writer.finish()
+    assert read_modules(tmp_path / "latest.csv").equals(frame)
+    assert read_modules(tmp_path / "nothing.csv") is None
+
+
+def test_a_broken_modules_file_is_one_clear_error(tmp_path):
+    report = tmp_path / "r.csv"
+    modules_path(report).write_text("run_id,module\nx,y\n")
+    with pytest.raises(UserError, match=r"r\.modules\.csv: missing columns"):
+        read_modules(report)
+
+
+def test_module_columns_are_documented():
+    doc = DOCS.read_text()
+    assert [c.name for c in MODULE_COLUMNS if f"`{c.name}`" not in doc] == []

@@ -32,8 +32,8 @@ def inference_latency(frame: pd.DataFrame) -> dict[str, bytes]:
 
 
 def inference_memory(frame: pd.DataFrame) -> dict[str, bytes]:
-    """Per model and device: peak tensor memory of one forward by mode and batch size (MiB)."""
-    return _per_model_device(frame, "mem_peak_bytes", "peak tensor memory of one forward (MiB)", 1 / MIB)
+    """Per model and device: the allocator peak of one forward by mode and batch size (MiB)."""
+    return _per_model_device(frame, "mem_peak_bytes", "allocator peak of one forward (MiB)", 1 / MIB)
 
 
 def _per_model_device(frame: pd.DataFrame, column: str, label: str, scale: float) -> dict[str, bytes]:
@@ -75,4 +75,25 @@ def finetune_memory(frame: pd.DataFrame) -> dict[str, bytes]:
         ax.set_title(f"{model} on {device}{precision}, batch {batch}, {optimizer}")
         ax.set_ylabel("MiB")
         out[f"{model} {device} {dtype} b{batch} {optimizer}"] = _png(fig)
+    return out
+
+
+def where_memory_goes(table: pd.DataFrame) -> dict[str, bytes]:
+    """Per model, device, dtype and batch size: one bar per case (grad-mode inference's saved
+    bytes and peak, no_grad's peak, each fine-tuning strategy's step peak), stacked by block
+    (`report.where_memory_goes_table`), in MiB."""
+    if table.empty:
+        return {}
+    out = {}
+    blocks = table.xs("block", level="by")
+    for (model, device, dtype, batch), group in blocks.groupby(level=[0, 1, 2, 3], sort=False):
+        shares = group.droplevel([0, 1, 2, 3])
+        shares = shares[shares.index != "(total)"].astype(float).fillna(0) / MIB
+        fig, ax = plt.subplots(figsize=(6, 0.45 * len(shares.columns) + 1.2))
+        shares.T.iloc[::-1].plot.barh(ax=ax, stacked=True, width=0.7)
+        precision = "" if dtype == "float32" else f" {dtype}"
+        ax.set_title(f"where the memory goes: {model} on {device}{precision}, batch {batch}")
+        ax.set_xlabel("MiB, by block")
+        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+        out[f"where {model} {device} {dtype} b{batch}"] = _png(fig)
     return out

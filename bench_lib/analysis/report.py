@@ -32,7 +32,7 @@ def format_ms(ms: float | None) -> str:
 
 def inference_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per model, device and batch size; per mode the median latency (ms), the ratio to
-    grad, the peak tensor memory and the bytes saved for backward. Values stay numeric."""
+    grad, the allocator peak and the bytes saved for backward. Values stay numeric."""
     ok = frame[(frame["suite"] == "inference") & (frame["status"] == "ok")].copy()
     if ok.empty:
         return pd.DataFrame()
@@ -120,6 +120,102 @@ def finetune_view(frame: pd.DataFrame) -> pd.DataFrame:
         out[label] = table[col].map(format_bytes)
     out.index = out.index.set_names(["model", "device", "dtype", "batch", "optimizer", "strategy"])
     return out
+
+
+WHERE_KEY = ["model", "device", "dtype", "batch_size"]
+WHERE_TOTAL = "(total)"
+
+
+def _shown_optimizer(finetune: pd.DataFrame) -> str | None:
+    """The optimizer whose fine-tuning strategies "Where the memory goes" shows: AdamW where
+    measured (the usual fine-tuning choice), else the first one."""
+    optimizers = list(dict.fromkeys(finetune["optimizer"]))
+    return "adamw" if "adamw" in optimizers else (optimizers[0] if optimizers else None)
+
+
+def where_memory_goes_table(modules: pd.DataFrame | None) -> pd.DataFrame:
+    """Where each case's memory goes, from the by-module rows (`*.modules.csv`): one row per
+    model, device, dtype, batch size and block (`by` = "block", with a `(total)` row equal to
+    the cases' figures) or module type (`by` = "type"); columns: the bytes grad-mode inference
+    saves for backward and each block's share of its peak, the same share of the no_grad peak,
+    and of each fine-tuning strategy's step peak (one optimizer). Values stay numeric (bytes)."""
+    if modules is None or modules.empty:
+        return pd.DataFrame()
+    rows = modules[modules["compile"] == ""].copy()
+    rows["type"] = rows["module_type"].mask(
+        rows["module_type"].isna() | (rows["module_type"] == ""), rows["module"]
+    )
+    inference = rows[rows["suite"] == "inference"]
+    finetune = rows[rows["suite"] == "finetune"]
+    optimizer = _shown_optimizer(finetune)
+    parts = [
+        (inference[inference["mode"] == "grad"], "mem_saved_for_backward_bytes", "grad saved"),
+        (inference[inference["mode"] == "grad"], "mem_peak_bytes", "grad peak"),
+        (inference[inference["mode"] == "no_grad"], "mem_peak_bytes", "no_grad peak"),
+    ]
+    finetune = finetune[finetune["optimizer"] == optimizer]
+    parts += [
+        (finetune[finetune["strategy"] == s], "mem_peak_bytes", f"{s} peak")
+        for s in sorted(set(finetune["strategy"]), key=_strategy_order)
+    ]
+    long = []
+    for by in ("block", "type"):
+        for part, metric, label in parts:
+            if part.empty:
+                continue
+            values = part.groupby([*WHERE_KEY, by], sort=False)[metric].sum().reset_index()
+            long.append(values.rename(columns={by: "name", metric: "bytes"}).assign(by=by, column=label))
+    if not long:
+        return pd.DataFrame()
+    frame = pd.concat(long, ignore_index=True)
+    index = [*WHERE_KEY, "by", "name"]
+    order = list(dict.fromkeys(map(tuple, frame[index].itertuples(index=False))))
+    table = frame.pivot_table(index=index, columns="column", values="bytes", aggfunc="sum")
+    table = table.reindex(pd.MultiIndex.from_tuples(order, names=index))
+    table = table[[label for _, _, label in parts if label in table.columns]]
+    totals = table.xs("block", level="by").groupby(level=WHERE_KEY, sort=False).sum(min_count=1)
+    totals.index = pd.MultiIndex.from_tuples(
+        [(*key, "block", WHERE_TOTAL) for key in totals.index], names=index
+    )
+    table = table[table.fillna(0).ne(0).any(axis=1)]  # modules that hold nothing anywhere
+    out = []
+    for key in dict.fromkeys(k[: len(WHERE_KEY)] for k in order):
+        rows = [k for k in table.index if k[: len(WHERE_KEY)] == key]
+        out.append(table.loc[[k for k in rows if k[-2] == "block"]])
+        out.append(totals.loc[[(*key, "block", WHERE_TOTAL)]])
+        out.append(table.loc[[k for k in rows if k[-2] == "type"]])
+    return pd.concat(out)
+
+
+def _strategy_order(strategy: str) -> tuple[int, int, str]:
+    """full, then frozen_<k> by k, then the rest (frozen_nograd)."""
+    if strategy == "full":
+        return (0, 0, strategy)
+    k = strategy.removeprefix("frozen_")
+    return (1, int(k), strategy) if k.isdigit() else (2, 0, strategy)
+
+
+def where_memory_goes_view(modules: pd.DataFrame | None) -> pd.DataFrame:
+    """ "Where the memory goes", formatted for people (strings)."""
+    table = where_memory_goes_table(modules)
+    if table.empty:
+        return table
+    out = table.map(format_bytes)
+    out.index = out.index.set_names(["model", "device", "dtype", "batch", "by", "name"])
+    return out
+
+
+def where_memory_goes_text(modules: pd.DataFrame | None) -> str:
+    optimizer = _shown_optimizer(modules[modules["suite"] == "finetune"]) if modules is not None else None
+    return (
+        "Which layer costs memory: per block (the fine-tuning blocks, else the top-level modules), "
+        "then per module type, the bytes grad-mode inference saves for backward and, of the bytes "
+        "live at each case's allocator peak, those the block allocated (in its forward, or in "
+        "the backward of its ops: gradients included); (total) is the case's figure. What "
+        "freezing block k saves: compare its share under full and frozen_k"
+        + (f" (fine-tuning with {optimizer})." if optimizer else ".")
+        + " Every module is in the *.modules.csv beside the report."
+    )
 
 
 ENVIRONMENT = ["machine_id", "cpu_model", "cpu_count", "gpu_name", "gpu_driver", "torch_version",
@@ -221,43 +317,50 @@ AFTER_SUITES = (
 )
 
 
-def sections(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    """The report's sections, computed (title, explanation, table); empty tables left out."""
+WHERE = "Where the memory goes"
+
+
+def sections(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> list[tuple[str, str, pd.DataFrame]]:
+    """The report's sections, computed (title, explanation, table); empty tables left out.
+    `modules`: the by-module rows (`*.modules.csv`), for "Where the memory goes", which follows
+    the suites' sections."""
     from bench_lib.suites import SUITES
 
     computed = [(title, text, view(frame)) for title, view, text in BEFORE_SUITES]
     computed += [section for suite in SUITES.values() for section in suite.report_sections(frame)]
+    computed.append((WHERE, where_memory_goes_text(modules), where_memory_goes_view(modules)))
     computed += [(title, text, view(frame)) for title, view, text in AFTER_SUITES]
     return [(title, text, table) for title, text, table in computed if not table.empty]
 
 
-def render_console(frame: pd.DataFrame, environment: bool = True) -> str:
+def render_console(frame: pd.DataFrame, environment: bool = True, modules: pd.DataFrame | None = None) -> str:
     parts = []
-    for title, text, table in sections(frame):
+    for title, text, table in sections(frame, modules):
         if title == "Environment" and not environment:
             continue
         parts += [f"{title}: {text}", table.to_string(index=title != "Noise and failures"), ""]
     return "\n".join(parts).rstrip()
 
 
-def render_markdown(frame: pd.DataFrame) -> str:
+def render_markdown(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str:
     parts = ["# bench_lib report", ""]
-    for title, text, table in sections(frame):
+    for title, text, table in sections(frame, modules):
         table = table.reset_index() if title != "Noise and failures" else table
         parts += [f"## {title}", "", text, "", table.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(parts)
 
 
-def render_html(frame: pd.DataFrame) -> str:
+def render_html(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str:
     """One self-contained HTML page: the sections' tables and the plots as embedded PNGs."""
     from bench_lib.analysis import plots
 
     figures = {
         "Inference": [*plots.inference_latency(frame).items(), *plots.inference_memory(frame).items()],
         "Fine-tuning": list(plots.finetune_memory(frame).items()),
+        WHERE: list(plots.where_memory_goes(where_memory_goes_table(modules)).items()),
     }
     body = ["<h1>bench_lib report</h1>"]
-    for title, text, table in sections(frame):
+    for title, text, table in sections(frame, modules):
         body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>", table.to_html(border=0)]
         for name, png in figures.get(title, []):
             data = base64.b64encode(png).decode()

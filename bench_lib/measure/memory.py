@@ -1,13 +1,15 @@
-"""Exact tensor-memory accounting: peak bytes during a block, and bytes saved for backward.
+"""Exact tensor accounting: bytes saved for backward, storages, and the op-boundary peak.
 
-Both count tensor *storages* (several views of one storage count once), which makes them
+These count tensor *storages* (several views of one storage count once), which makes them
 deterministic for fixed shapes, unlike process RSS. RSS is kept as an informational figure.
+The suite's peak (`mem_peak_bytes`) is the allocator's, from `bench_lib.measure.memory_trace`:
+`StoragePeakTracker` sees op boundaries only and misses what kernels allocate inside an op.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -110,18 +112,23 @@ class SavedTensorCounter:
 
     Storages of `exclude` (the model's parameters) are not counted: a layer that saves its weight
     adds no memory. Inputs and activations are counted. Nothing is saved under `no_grad` or
-    `inference_mode`, so the count there is 0.
+    `inference_mode`, so the count there is 0. With `label` (a function naming what is running,
+    e.g. `MemoryTrace.current_label`), `by_label` splits `saved_bytes` by where each storage was
+    first saved.
     """
 
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
+    def __init__(self, exclude: Iterable[torch.Tensor] = (), label: Callable[[], str] | None = None) -> None:
         self._excluded = {st._cdata for t in exclude if (st := _storage(t)) is not None}
+        self._label = label
         self.saved_bytes = 0
         self.saved_tensors = 0
+        self.by_label: dict[str, int] = {}
         self._seen: dict[int, StorageWeakRef] = {}
 
     @contextmanager
     def track(self) -> Iterator[SavedTensorCounter]:
         self.saved_bytes = self.saved_tensors = 0
+        self.by_label = {}
         self._seen.clear()
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -130,7 +137,10 @@ class SavedTensorCounter:
             if st is not None and st._cdata not in self._excluded and st._cdata not in self._seen:
                 self._seen[st._cdata] = StorageWeakRef(st)
                 self.saved_bytes += st.nbytes()
-            return t
+                if self._label is not None:
+                    where = self._label()
+                    self.by_label[where] = self.by_label.get(where, 0) + st.nbytes()
+            return t.detach()  # the tensor itself would make a cycle through the graph (a leak)
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield self

@@ -26,15 +26,18 @@ def run_group(
     """Measure a group in `processes` fresh worker processes, one after the other, and pool them.
 
     The first process that measures calibrates the calls per round (unless the profile fixes
-    them); the following ones reuse its figure, so that their samples pool. `processes=0`
-    measures in this process instead (for debugging; no isolation). `cases` names the group's
-    cases by variant, so a worker that dies can be reported against each of them.
+    them); the following ones reuse its figure, so that their samples pool. Memory is traced by
+    the first and the last process only (the trace costs time; see `measure.memory_trace`): its
+    figures are exact and deterministic, so the two must agree, and `pool` names any difference.
+    `processes=0` measures in this process instead (for debugging; no isolation). `cases` names
+    the group's cases by variant, so a worker that dies can be reported against each of them.
     """
     if processes == 0:
         return run_request(request)
     parts = []
-    for _ in range(processes):
-        parts.append(_run_worker(request, cases, start_method))
+    for i in range(processes):
+        traced = i in (0, processes - 1)
+        parts.append(_run_worker({**request, "memory": traced}, cases, start_method))
         request = with_iterations(request, parts[-1])
     return pool(parts)
 
@@ -125,9 +128,10 @@ def pool(parts: Sequence[Mapping[str, CaseResult]]) -> dict[str, CaseResult]:
     """One result per variant from several processes' results.
 
     A variant that did not succeed in some process takes that process's status and error. For
-    the others the samples are pooled (tagged by process) and the metrics come from the first
-    process. Memory figures should be deterministic: every process's are compared, and any that
-    differ are named in `mem_disagreement` (the gate then does not decide that case's memory).
+    the others the samples are pooled (tagged by process) and the metrics and module rows come
+    from the first process, which measures memory (see `run_group`). Memory figures should be
+    deterministic: those of every process that measured them are compared, and any that differ
+    are named in `mem_disagreement` (the gate then does not decide that case's memory).
     """
     out: dict[str, CaseResult] = {}
     for name in parts[0]:
@@ -149,7 +153,7 @@ def memory_disagreement(results: Sequence[CaseResult]) -> str:
     names = sorted({k for r in results for k in r.metrics if k in DETERMINISTIC_MEMORY})
     differ = []
     for metric in names:
-        values = [r.metrics.get(metric) for r in results]
+        values = [r.metrics[metric] for r in results if r.metrics.get(metric) is not None]
         if len(set(values)) > 1:
             differ.append(f"{metric}: {' vs '.join(str(v) for v in values)}")
     return "; ".join(differ)

@@ -15,10 +15,41 @@ STATUSES = (OK, FAILED, OOM)
 
 
 @dataclass(frozen=True)
+class ModuleMemory:
+    """Where one case's bytes went: one module (or a labelled part outside the model's modules).
+
+    Parameters
+    ----------
+    module:
+        Dotted path of the module in the model (`encoder.layers.0.self_attn`); `(root)` for the
+        model's own forward outside its submodules; `(loss)`, `(optimizer)`, `(autograd)` or
+        `(outside modules)` for what ran outside the model's modules.
+    module_type:
+        The module's class name (`Linear`, `MultiheadAttention`, ...); empty for the labels.
+    block:
+        The fine-tuning block the module belongs to (its path), else the model's top-level
+        child that contains it; the label itself for the labels.
+    mem_saved_for_backward_bytes:
+        Distinct storages autograd saved for backward while this module was the innermost one
+        running (each storage counted once, where it was first saved; parameters excluded).
+    mem_peak_bytes:
+        Of the bytes live at the case's high-water mark, those this module allocated (in its
+        forward, or in the backward of its ops).
+    """
+
+    module: str
+    module_type: str
+    block: str
+    mem_saved_for_backward_bytes: int
+    mem_peak_bytes: int
+
+
+@dataclass(frozen=True)
 class CaseResult:
     """One case's outcome: raw samples (latency statistics derive from them) and exact metrics.
 
-    `metrics` holds the suite's other columns by their schema names (memory in bytes, ratios).
+    `metrics` holds the suite's other columns by their schema names (memory in bytes, ratios);
+    `modules` where the case's memory went, module by module (the `*.modules.csv` rows).
     A case that did not succeed has `status` "failed" or "oom" and an `error` message; it may
     still carry the figures measured before it failed, never figures that failed a check.
     """
@@ -29,6 +60,7 @@ class CaseResult:
     samples: Samples | None = None
     items_per_batch: int = 0
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    modules: tuple[ModuleMemory, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -49,6 +81,7 @@ class CaseResult:
             "samples": asdict(self.samples) if self.samples is not None else None,
             "items_per_batch": self.items_per_batch,
             "metrics": dict(self.metrics),
+            "modules": [asdict(m) for m in self.modules],
         }
 
     @classmethod
@@ -69,7 +102,13 @@ class CaseResult:
             samples=samples,
             items_per_batch=data["items_per_batch"],
             metrics=data["metrics"],
+            modules=tuple(ModuleMemory(**m) for m in data.get("modules", ())),
         )
+
+    def module_rows(self) -> list[dict[str, Any]]:
+        """The case's rows of the `*.modules.csv` report: its key, then one module's figures."""
+        key = asdict(self.case)
+        return [key | asdict(m) for m in self.modules]
 
     def row(self) -> dict[str, Any]:
         """The case's report columns (identity, status, latency statistics, metrics)."""

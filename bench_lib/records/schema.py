@@ -12,10 +12,14 @@ Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when 
      group unless the profile fixes it; `energy_method` may be `power_average`.
      Also `mem_disagreement` (memory figures that differed between the worker processes of one
      run; empty when they agreed) and `cudnn_version`.
+     And `mem_peak_bytes` is the allocator's high-water mark on every device (on the CPU it counted
+     tensor storages at op boundaries, missing what kernels allocate inside: a different
+     quantity, so version 3 CPU figures are read as empty); the `<stem>.modules.csv` companion.
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
 per-round latency samples of every case (long format), so statistics can be recomputed and the
-regression gate can test significance.
+regression gate can test significance, and a companion `<stem>.modules.csv` saying where each
+case's memory went, module by module (`MODULE_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ COLUMNS: tuple[Column, ...] = (
         "mem_peak_bytes",
         "int",
         "bytes",
-        "peak tensor bytes allocated during one forward beyond what was live before it (CPU: tensor storages; CUDA: caching-allocator peak)",
+        "the allocator's high-water mark during one forward (finetune: one training step) beyond what was live before it, every allocation counted, inside fused kernels too (CPU: c10 allocator; CUDA: caching allocator, 512-byte blocks)",
     ),
     _C(
         "mem_saved_for_backward_bytes",
@@ -186,6 +190,17 @@ COLUMNS: tuple[Column, ...] = (
 )
 # fmt: on
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+
+# fmt: off
+MODULE_COLUMNS: tuple[Column, ...] = (
+    _C("module", "str", "", "dotted path of the module in the model (`encoder.layers.0.self_attn`); `(root)`: the model's own forward outside its submodules; outside the model's modules: `(loss)`, `(optimizer)` (the step and zero_grad), `(autograd)` (backward work no forward op explains, e.g. the seed gradient) and `(outside modules)`"),
+    _C("module_type", "str", "", "the module's class name (`Linear`, `Conv2d`, `MultiheadAttention`, `LayerNorm`, ...); empty for the labels in parentheses"),
+    _C("block", "str", "", "the fine-tuning block containing the module (its path), else the model's top-level child containing it; for the labels, the label"),
+    _C("mem_saved_for_backward_bytes", "int", "bytes", "distinct storages autograd saved for backward while this module was the innermost one running (each storage where it was first saved; parameters excluded); sums to the case's mem_saved_for_backward_bytes (finetune: mem_activations_bytes)"),
+    _C("mem_peak_bytes", "int", "bytes", "of the bytes live at the case's allocator high-water mark, those this module allocated, in its forward or in the backward of its ops (gradients included); sums to the case's mem_peak_bytes"),
+)
+# fmt: on
+MODULE_FILE_COLUMNS = ("run_id", *KEY_FIELDS, *(c.name for c in MODULE_COLUMNS))
 REQUIRED = ("schema_version", *(k for k in KEY_FIELDS if k != "compile"), "status")  # compile: since v3
 # Byte counts that are deterministic for fixed shapes (the gate gates them exactly, and the worker
 # processes of one run must agree on them). `cuda_max_reserved_bytes` is not: it follows fragmentation.
@@ -222,9 +237,13 @@ def _v2_to_v3(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _v3_to_v4(frame: pd.DataFrame) -> pd.DataFrame:
-    """The new columns are unknown for older runs (whose float32 cases ran with torch's settings)."""
+    """The new columns are unknown for older runs (whose float32 cases ran with torch's settings).
+    Version 3 CPU peaks counted tensor storages at op boundaries, not the allocator's high-water
+    mark: another quantity, which compare and gate must not set against it."""
     added = (*V4_ADDED, "mem_disagreement", "cudnn_version")
-    return frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="4")
+    frame = frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="4")
+    cpu = frame["device"] == "cpu"
+    return frame.assign(mem_peak_bytes=frame["mem_peak_bytes"].mask(cpu))
 
 
 _MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
@@ -298,6 +317,54 @@ def samples_path(report: Path) -> Path:
     return report.with_name(report.stem + ".samples.csv")
 
 
+def modules_path(report: Path) -> Path:
+    """The by-module companion of a report: `x.csv` -> `x.modules.csv`."""
+    return report.with_name(report.stem + ".modules.csv")
+
+
+COMPANION_SUFFIXES = (".samples.csv", ".modules.csv")
+
+
+def is_companion(path: Path) -> bool:
+    """Whether `path` is a report's companion file rather than a report."""
+    return path.name.endswith(COMPANION_SUFFIXES)
+
+
+def modules_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """By-module rows (run id, case key, `MODULE_COLUMNS`) as a typed frame."""
+    frame = pd.DataFrame(list(rows), columns=list(MODULE_FILE_COLUMNS))
+    kinds = {c.name: c.kind for c in (*COLUMNS, *MODULE_COLUMNS)}
+    for name in MODULE_FILE_COLUMNS:
+        frame[name] = frame[name].astype(_DTYPES[kinds[name]])
+    for name in ("mode", "strategy", "optimizer", "compile"):
+        frame[name] = frame[name].fillna("")
+    return frame
+
+
+def read_modules(report: Path | str) -> pd.DataFrame | None:
+    """The by-module companion of `report`, typed; None when there is none (reports before
+    version 4, or runs that measured no memory). `UserError` when it is not one."""
+    path = modules_path(Path(report))
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False).replace("", pd.NA)
+        missing = [c for c in MODULE_FILE_COLUMNS if c not in frame]
+        if missing:
+            raise UserError(f"{path}: missing columns: {', '.join(missing)}")
+        return modules_frame(frame[list(MODULE_FILE_COLUMNS)].to_dict("records"))
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        ValueError,
+        TypeError,
+    ) as exc:
+        raise UserError(
+            f"{path}: not a modules file ({str(exc).splitlines()[0] if str(exc) else exc})"
+        ) from None
+
+
 def read_report(path: Path | str) -> pd.DataFrame:
     """Read and validate one report; raise `UserError` naming the file and the problem."""
     path = Path(path)
@@ -347,21 +414,28 @@ def read_report(path: Path | str) -> pd.DataFrame:
     return frame
 
 
-def markdown_table() -> str:
-    """The column reference of docs/results.md, generated from `COLUMNS`."""
+def markdown_table(columns: Iterable[Column] = COLUMNS) -> str:
+    """A column reference of docs/results.md, generated from `columns`."""
     lines = ["| column | type | unit | meaning |", "|---|---|---|---|"]
-    lines += [f"| `{c.name}` | {c.kind} | {c.unit} | {c.description} |" for c in COLUMNS]
+    lines += [f"| `{c.name}` | {c.kind} | {c.unit} | {c.description} |" for c in columns]
     return "\n".join(lines)
 
 
 DOC_START, DOC_END = "<!-- columns:start", "<!-- columns:end -->"
+MODULES_DOC_START, MODULES_DOC_END = "<!-- module-columns:start", "<!-- module-columns:end -->"
 
 
 def documented(text: str) -> str:
-    """`text` (docs/results.md) with its column table regenerated from `COLUMNS`."""
-    start, end = text.index(DOC_START), text.index(DOC_END)
-    first_line_end = text.index("\n", start) + 1
-    return text[:first_line_end] + markdown_table() + "\n" + text[end:]
+    """`text` (docs/results.md) with its column tables regenerated from `COLUMNS` and
+    `MODULE_COLUMNS`."""
+    for (begin, finish), columns in (
+        ((DOC_START, DOC_END), COLUMNS),
+        ((MODULES_DOC_START, MODULES_DOC_END), MODULE_COLUMNS),
+    ):
+        start, end = text.index(begin), text.index(finish)
+        first_line_end = text.index("\n", start) + 1
+        text = text[:first_line_end] + markdown_table(columns) + "\n" + text[end:]
+    return text
 
 
 def write_docs(path: str | Path) -> None:

@@ -17,8 +17,10 @@ against what the strategy says, worked out apart from the `TrainStep` that appli
 from __future__ import annotations
 
 import copy
+import gc
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
 
@@ -28,6 +30,14 @@ from torch.utils._pytree import tree_leaves
 
 from bench_lib.measure.devices import Device
 from bench_lib.measure.memory import SavedTensorCounter, storage_bytes
+from bench_lib.measure.memory_trace import (
+    AUTOGRAD,
+    LOSS,
+    OPTIMIZER,
+    MemoryTrace,
+    ModuleMemory,
+    device_counters,
+)
 from bench_lib.measure.precision import FLOAT32, autocast, grad_scaler
 from bench_lib.measure.telemetry import energy_columns
 from bench_lib.measure.timing import Variant, calibrate_iterations, measure_interleaved
@@ -119,7 +129,8 @@ class TrainStep:
             raise ValueError("the model has no blocks, loss and target for fine-tuning")
         self.model = instance.model.to(device.name).train()
         self.strategy = strategy
-        self.frozen_modules = list(instance.blocks)[: strategy.frozen_blocks]
+        self.blocks = list(instance.blocks)
+        self.frozen_modules = self.blocks[: strategy.frozen_blocks]
         for block in self.frozen_modules:
             block.requires_grad_(False).eval()
         self._staged = isinstance(self.model, StagedModel)
@@ -172,8 +183,13 @@ class TrainStep:
         )
 
     def measure_memory(self, device: Device) -> dict[str, int]:
-        """Memory by category of one step, in bytes (run it after a first step, so the
-        optimizer state exists: the figures are those of a steady-state step).
+        """Memory by category of one step, in bytes (see `memory_profile`)."""
+        return self.memory_profile(device)[0]
+
+    def memory_profile(self, device: Device) -> tuple[dict[str, int], tuple[ModuleMemory, ...]]:
+        """Memory by category of one step, in bytes, and where its peak and its activations
+        went, by module (run it after a first step, so the optimizer state exists: the figures
+        are those of a steady-state step).
 
         - `mem_params_bytes`: all parameters, trainable or frozen;
         - `mem_grads_bytes`: the `.grad` tensors right after backward;
@@ -181,25 +197,51 @@ class TrainStep:
           (AdamW: exp_avg, exp_avg_sq and a one-element `step` per parameter; SGD: momentum);
         - `mem_activations_bytes`: bytes autograd saved for backward in the forward (parameters
           excluded), all alive together at the end of the forward;
-        - `mem_peak_bytes`: peak of tensor memory during the whole step beyond what was live
-          before it (activations, gradients, temporaries).
+        - `mem_peak_bytes`: the allocator's high-water mark during the whole step beyond what was
+          live before it (activations, gradients, temporaries, scratch inside kernels), traced
+          by `MemoryTrace`; the module rows split it and the activations by module, the loss
+          and the optimizer step.
         """
-        peak, saved = device.peak_counter(), SavedTensorCounter(self.model.parameters())
-        with peak.track():
+        trace = MemoryTrace(device.name, self.model, self.blocks, default_label=LOSS)
+        saved = SavedTensorCounter(self.model.parameters(), label=trace.current_label)
+        counter = device_counters(device)
+        with counter.track() if counter else nullcontext(), trace.track():
             with saved.track():
                 loss = self.forward_loss()
-            self.backward(loss)
+            with trace.phase(AUTOGRAD):
+                self.backward(loss)
             grads = storage_bytes(p.grad for p in self.model.parameters() if p.grad is not None)
-            self.optimizer_step()
+            with trace.phase(OPTIMIZER):
+                self.optimizer_step()
+            del loss
         device.synchronize()
-        return {
+        metrics = {
             "mem_params_bytes": storage_bytes(self.model.parameters()),
             "mem_grads_bytes": grads,
             "mem_optimizer_state_bytes": self.optimizer_state_bytes(),
             "mem_activations_bytes": saved.saved_bytes,
-            "mem_peak_bytes": peak.peak_bytes,
-            **getattr(peak, "extra", {}),  # CUDA: allocator peak, reserved peak, live bytes before
+            "mem_peak_bytes": trace.peak_bytes,
+            **getattr(counter, "extra", {}),  # CUDA: the allocator's own counters
         }
+        return metrics, trace.modules(saved.by_label)
+
+
+def measure_variant_memory(
+    start: ModelInstance, strategy: Strategy, optimizer: str, device: Device, dtype: str = FLOAT32
+) -> tuple[dict[str, int], tuple[ModuleMemory, ...]]:
+    """The memory of one variant measured with only its own memory live: its own copy of the
+    model, one step to create the optimizer state, one profiled step; then its model,
+    gradients and optimizer state are freed (and the device's cache emptied) before it returns,
+    so that the next variant's figures do not depend on this one."""
+    step = TrainStep(copy.deepcopy(start), strategy, optimizer, device, dtype)
+    try:
+        step()  # first step: optimizer state comes into being
+        metrics, modules = step.memory_profile(device)
+    finally:
+        del step
+        gc.collect()  # autograd nodes and hooks may hold references in cycles
+        device.release_memory()
+    return metrics, modules
 
 
 @dataclass(frozen=True)
@@ -407,13 +449,15 @@ def measure_finetune_group(
     profile: Profile,
     variants: Sequence[str],
     dtype: str = FLOAT32,
+    memory: bool = True,
 ) -> dict[str, CaseResult]:
     """Measure the asked-for `<optimizer>/<strategy>` variants of one model, device and batch
-    size, interleaved. Each variant first gets one untimed step (creating optimizer state), one
-    step with memory accounting, and (`frozen_nograd`) the no_grad checks; then all variants
-    are timed round-robin, one training step per call, and checked against their strategy's
-    promise (`check_after_steps`). The `full` variant of each optimizer is always measured,
-    because the ratios need it."""
+    size, interleaved. With `memory`, each variant's memory is first measured alone
+    (`measure_variant_memory`: nothing of another variant is live meanwhile). Then each variant
+    gets one untimed step (creating optimizer state) and (`frozen_nograd`) the no_grad checks;
+    then all variants are timed round-robin, one training step per call, and checked against
+    their strategy's promise (`check_after_steps`). The `full` variant of each optimizer is
+    always measured, because the ratios need it."""
     optimizers = dict.fromkeys(v.split("/")[0] for v in variants)
     wanted = list(dict.fromkeys([*(f"{o}/{FULL}" for o in optimizers), *variants]))
     group = Case(FINETUNE, spec.name, device.kind, "", batch_size, dtype)
@@ -432,8 +476,22 @@ def measure_finetune_group(
     except Exception as exc:  # noqa: BLE001
         device.release_memory()
         return {v: failure(c, exc) for v, c in cases.items()}
+    modules: dict[str, tuple[ModuleMemory, ...]] = {}
+    if memory:
+        for variant in wanted:
+            optimizer, strategy_name = variant.split("/")
+            try:
+                strategy = by_name[strategy_name]
+                metrics[variant], modules[variant] = measure_variant_memory(
+                    start, strategy, optimizer, device, dtype
+                )
+            except Exception as exc:  # noqa: BLE001
+                device.release_memory()
+                results[variant] = failure(cases[variant], exc)
     mismatch: dict[str, str | None] = {}
     for variant in wanted:
+        if variant in results:
+            continue
         optimizer, strategy_name = variant.split("/")
         case = cases[variant]
         try:
@@ -442,7 +500,7 @@ def measure_finetune_group(
             step = TrainStep(copy.deepcopy(start), strategy, optimizer, device, dtype)
             frozen = frozen_state(step.model, promises[variant])  # before the first step
             loss = step()  # first step: optimizer state comes into being
-            metrics[variant] = step.measure_memory(device) | {
+            metrics[variant] = metrics.get(variant, {}) | {
                 "trainable_params": sum(p.numel() for p in step.trainable),
                 "total_params": sum(p.numel() for p in step.model.parameters()),
                 "frozen_blocks": strategy.frozen_blocks,
@@ -499,5 +557,6 @@ def measure_finetune_group(
             samples=samples,
             items_per_batch=items,
             metrics=metrics[variant] | energy,
+            modules=modules.get(variant, ()),
         )
     return {v: results[v] for v in wanted}

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 TEXT = (
     "Median latency per call (ms), ratio to grad (x, eager grad mode, measured interleaved: below 1 "
-    "is faster), peak tensor memory of one forward, bytes saved for backward under grad; compile: "
+    "is faster), allocator peak of one forward, bytes saved for backward under grad; compile: "
     "eager or torch.compile (inductor; its compile time is the compile_s column)."
 )
 
@@ -41,7 +41,7 @@ class InferenceSuite(Suite):
 
         results = measure_inference_group(
             model_spec(request), device, group.batch_size, profile_of(request),
-            [c.variant for c in cases], dtype=group.dtype,
+            [c.variant for c in cases], dtype=group.dtype, memory=request.get("memory", True),
         )  # fmt: skip
         return {r.case: r for r in results.values()}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch.utils._pytree import tree_map
 
 from bench_lib.measure.devices import Device
 from bench_lib.measure.memory import RssPeak, SavedTensorCounter
+from bench_lib.measure.memory_trace import MemoryTrace, ModuleMemory, device_counters
 from bench_lib.measure.modes import REFERENCE_MODE, mode_context, outputs_mismatch, semantics_violation
 from bench_lib.measure.precision import FLOAT32, autocast, within
 from bench_lib.measure.telemetry import energy_columns
@@ -30,18 +32,13 @@ COMPILED_TOLERANCE = (1e-3, 1e-4)  # inductor fuses and reorders float operation
 def _probe(
     model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], context: Any, device: Device
 ) -> tuple[Any, dict[str, Any]]:
-    """One untimed forward in `context` that counts memory: returns (output, metrics)."""
-    params = list(model.parameters())
-    peak, saved, rss = device.peak_counter(), SavedTensorCounter(params), RssPeak()
-    with context(), rss.track(), peak.track(), saved.track():
+    """One untimed forward in `context` whose output is checked: returns (output, metrics), the
+    bytes saved for backward (the mode checks need them) and the RSS high-water change."""
+    saved, rss = SavedTensorCounter(model.parameters()), RssPeak()
+    with context(), rss.track(), saved.track():
         output = model(*inputs)
     device.synchronize()
-    metrics = {
-        "mem_peak_bytes": peak.peak_bytes,
-        "mem_saved_for_backward_bytes": saved.saved_bytes,
-        "rss_peak_delta_bytes": rss.delta_bytes,
-        **getattr(peak, "extra", {}),  # CUDA: allocator peak, reserved peak, live bytes before
-    }
+    metrics = {"mem_saved_for_backward_bytes": saved.saved_bytes, "rss_peak_delta_bytes": rss.delta_bytes}
     return output, metrics
 
 
@@ -64,25 +61,44 @@ def reference_output(
     return None, None
 
 
+def _memory_probe(
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    context: Any,
+    device: Device,
+    blocks: Sequence[torch.nn.Module],
+) -> tuple[dict[str, Any], tuple[ModuleMemory, ...]]:
+    """One untimed forward in `context` traced at the allocator (`MemoryTrace`): its peak, the
+    device's own allocator counters where it has them, and where the bytes went, by module."""
+    trace, counter = MemoryTrace(device.name, model, blocks), device_counters(device)
+    saved = SavedTensorCounter(model.parameters(), label=trace.current_label)
+    with context(), counter.track() if counter else nullcontext(), trace.track(), saved.track():
+        model(*inputs)
+    device.synchronize()
+    metrics = {"mem_peak_bytes": trace.peak_bytes, **getattr(counter, "extra", {})}
+    return metrics, trace.modules(saved.by_label)
+
+
 def _compiled_probe(
-    fast: Any, inputs: tuple[torch.Tensor, ...], context: Any, device: Device
+    fast: Any, inputs: tuple[torch.Tensor, ...], context: Any, device: Device, memory: bool
 ) -> tuple[Any, dict[str, Any]]:
     """The first call of a compiled model in `context` (tracing and compiling: `compile_s`), then
-    one call whose memory is counted where the device's counter sees inside compiled code (the
-    CUDA allocator does; the CPU's tensor tracker, a dispatch mode, does not: left empty)."""
+    with `memory` one call traced at the allocator, which sees inside compiled code (no module
+    attribution: compiled code runs no module hooks)."""
     device.synchronize()
     start = time.perf_counter()
     with context():
         fast(*inputs)
     device.synchronize()
     metrics: dict[str, Any] = {"compile_s": time.perf_counter() - start}
-    if device.kind != "cuda":
-        with context():
-            return fast(*inputs), metrics
-    peak = device.peak_counter()
-    with context(), peak.track():
-        output = fast(*inputs)
-    return output, metrics | {"mem_peak_bytes": peak.peak_bytes, **getattr(peak, "extra", {})}
+    if memory:
+        trace, counter = MemoryTrace(device.name), device_counters(device)
+        with context(), counter.track() if counter else nullcontext(), trace.track():
+            fast(*inputs)
+        device.synchronize()
+        metrics |= {"mem_peak_bytes": trace.peak_bytes, **getattr(counter, "extra", {})}
+    with context():
+        return fast(*inputs), metrics
 
 
 def input_transfer(device: Device, inputs: tuple[torch.Tensor, ...], rounds: int = 20) -> dict[str, Any]:
@@ -114,15 +130,19 @@ def measure_inference_group(
     profile: Profile,
     modes: Sequence[str],
     dtype: str = FLOAT32,
+    memory: bool = True,
 ) -> dict[str, CaseResult]:
     """Measure `spec` at `batch_size` on `device` under each of `modes`, interleaved (all under
     autocast to `dtype` unless it is float32).
 
-    For each mode: one warm-up call, then one probe forward that counts peak tensor bytes, bytes
-    saved for backward and the RSS high-water change, and checks the mode's semantics and that its
-    output equals the reference (a separate eager grad-mode forward, see `reference_output`).
-    Then the modes that passed are timed round-robin (`profile.rounds` rounds after
-    `profile.warmup_rounds`). The reference mode (grad) is always
+    For each mode: one warm-up call; with `memory`, one forward traced at the allocator (peak
+    bytes and where they went, by module: `CaseResult.modules`); then one probe forward that
+    counts the bytes saved for backward and the RSS high-water change, and checks the mode's
+    semantics and that its output equals the reference (a separate eager grad-mode forward,
+    detached at once, see `reference_output`: the other modes are measured with only their own
+    memory live, and still compared when the grad case fails). Then the modes that passed are
+    timed round-robin (`profile.rounds` rounds after `profile.warmup_rounds`). The reference
+    mode (grad) is always
     measured and returned, even when not asked for, because the ratios to it need it (the caller
     adds them with `results.with_ratios`, after pooling processes).
     """
@@ -145,16 +165,23 @@ def measure_inference_group(
 
     results: dict[str, CaseResult] = {}
     metrics: dict[str, dict] = {}
+    modules: dict[str, tuple[ModuleMemory, ...]] = {}
     eager = {m: context[m] for m in measured if m not in compiled}
     reference_mode, reference = reference_output(model, inputs, eager, device)
     for mode in measured:
         try:
             if mode in compiled:
-                output, metrics[mode] = _compiled_probe(fast, inputs, context[mode], device)
+                output, metrics[mode] = _compiled_probe(fast, inputs, context[mode], device, memory)
             else:
                 with context[mode]():
                     model(*inputs)  # warm-up: one-time allocations stay out of the memory figures
+                traced: dict[str, Any] = {}
+                if memory:
+                    traced, modules[mode] = _memory_probe(
+                        model, inputs, context[mode], device, instance.blocks
+                    )
                 output, metrics[mode] = _probe(model, inputs, context[mode], device)
+                metrics[mode] |= traced
         except Exception as exc:  # noqa: BLE001
             device.release_memory()
             results[mode] = failure(cases[mode], exc)
@@ -193,5 +220,6 @@ def measure_inference_group(
             samples=samples,
             items_per_batch=items,
             metrics=metrics[mode] | transfer | energy,
+            modules=modules.get(mode, ()),
         )
     return {m: results[m] for m in measured}
