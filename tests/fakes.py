@@ -6,6 +6,7 @@
   host has not launched the next one. Events are recorded on a stream of one device, carry that
   device's clock (its own epoch, not the host's), and can be read only once the device has passed
   them and the host knows it (after a synchronize), as with `cudaEventElapsedTime`.
+- `FakeCudaMemory`: the caching allocator's counters (allocated, peak, reserved in 2 MiB segments).
 - `FakeNvml`: a `pynvml` stand-in: GPUs and MIG instances found by UUID (`GPU-...`, `MIG-...`),
   compute processes (a parent holding a context, a worker that has none yet), pynvml's error
   classes (`NVMLError_NotSupported`, `NVMLError_FunctionNotFound` for functions an older driver
@@ -389,3 +390,29 @@ class FakeNvml:
 def uuid_of(index: int) -> str:
     """The NVML UUID of fake GPU `index` (torch reports the same without the `GPU-` prefix)."""
     return f"GPU-{index:08x}-1111-4000-8000-000000000000"
+
+
+class FakeCudaMemory:
+    """`torch.cuda`'s allocator counters: what `alloc` adds stays live until freed (a negative n)."""
+
+    def __init__(self):
+        self.allocated, self.peak, self.calls = 1000, 1000, []
+
+    def synchronize(self, index=None):
+        self.calls.append("sync")
+
+    def reset_peak_memory_stats(self, index=None):
+        self.peak = self.allocated
+
+    def memory_allocated(self, index=None):
+        return self.allocated
+
+    def max_memory_allocated(self, index=None):
+        return self.peak
+
+    def max_memory_reserved(self, index=None):  # segments of 2 MiB, as the caching allocator's
+        return -(-self.peak // (2 << 20)) * (2 << 20)
+
+    def alloc(self, n):
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)

@@ -4,6 +4,7 @@ import mmap
 
 import pytest
 import torch
+from fakes import FakeCudaMemory
 from torch import nn
 
 from bench_lib.measure.devices import CudaAllocatorPeak
@@ -78,30 +79,6 @@ def test_saved_counter_counts_each_storage_once():
         y = x * x  # saves x twice (once per operand)
     assert counter.saved_tensors == 2 and counter.saved_bytes == 32
     del y
-
-
-class FakeCudaMemory:
-    def __init__(self):
-        self.allocated, self.peak, self.calls = 1000, 1000, []
-
-    def synchronize(self, index=None):
-        self.calls.append("sync")
-
-    def reset_peak_memory_stats(self, index=None):
-        self.peak = self.allocated
-
-    def memory_allocated(self, index=None):
-        return self.allocated
-
-    def max_memory_allocated(self, index=None):
-        return self.peak
-
-    def max_memory_reserved(self, index=None):  # segments of 2 MiB, as the caching allocator's
-        return -(-self.peak // (2 << 20)) * (2 << 20)
-
-    def alloc(self, n):
-        self.allocated += n
-        self.peak = max(self.peak, self.allocated)
 
 
 def test_cuda_peak_is_the_allocator_peak_beyond_live_bytes_before():

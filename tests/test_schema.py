@@ -206,3 +206,14 @@ def test_a_broken_modules_file_is_one_clear_error(tmp_path):
 def test_module_columns_are_documented():
     doc = DOCS.read_text()
     assert [c.name for c in MODULE_COLUMNS if f"`{c.name}`" not in doc] == []
+
+
+def test_migrations_add_columns_by_name_not_by_position():
+    """A column added to the schema later must not appear in a migrated old report's history
+    through a positional slice of the column table."""
+    from bench_lib.records import schema
+
+    v2 = pd.DataFrame({"schema_version": ["2"], "device": ["cpu"], "mem_peak_bytes": [pd.NA]})
+    migrated = schema._MIGRATIONS[2](v2)
+    assert set(migrated.columns) - set(v2.columns) == set(schema.V3_ADDED)
+    assert "mem_disagreement" not in migrated and "float32_defaults" not in migrated

@@ -227,13 +227,18 @@ V4_ADDED = ("gpu_telemetry_note", "float32_matmul_precision", "cuda_matmul_tf32"
             "gpu_uuid", "gpu_mig_mode", "float32_defaults")  # fmt: skip
 
 
+# The columns version 3 added, by name (never by position: later columns must not enter history).
+V3_ADDED = (
+    "compile", "compile_s", "input_bytes", "h2d_pageable_ms", "h2d_pinned_ms", "cuda_max_allocated_bytes",
+    "cuda_max_reserved_bytes", "cuda_live_before_bytes", "cuda_context_bytes", "gpu_process_memory_bytes",
+    "gpu_util_percent", "gpu_sm_clock_mhz_start", "gpu_sm_clock_mhz_end", "gpu_mem_clock_mhz",
+    "gpu_temperature_c_start", "gpu_temperature_c_end", "gpu_throttle_start", "gpu_throttle_end",
+    "gpu_other_processes", "gpu_power_w", "energy_j_per_item", "energy_method",
+)  # fmt: skip
+
+
 def _v2_to_v3(frame: pd.DataFrame) -> pd.DataFrame:
-    added = ["compile"] + [
-        c.name
-        for c in COLUMNS[COLUMN_NAMES.index("compile_s") : COLUMN_NAMES.index("machine_id")]
-        if c.name not in V4_ADDED
-    ]
-    return frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="3")
+    return frame.assign(**{name: pd.NA for name in V3_ADDED if name not in frame}, schema_version="3")
 
 
 def _v3_to_v4(frame: pd.DataFrame) -> pd.DataFrame:
