@@ -120,9 +120,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regressions(args: argparse.Namespace) -> int:
-    from bench_lib.history.changepoints import detect_all
+    from bench_lib.history.changepoints import detect
     from bench_lib.history.report import render_regressions
-    from bench_lib.history.series import branch_series, resolve_fingerprint
+    from bench_lib.history.series import branch_series, resolve_fingerprint, with_machine_wide
 
     config = _config(args)
     branch = args.branch or config.branch
@@ -131,7 +131,8 @@ def cmd_regressions(args: argparse.Namespace) -> int:
         series = branch_series(
             store, args.patterns, branch, metrics, resolve_fingerprint(store, args.machine)
         )
-    steps = detect_all(series, config.rules)
+        found = [s for one in series for s in detect(one, config.rules)]
+        steps = with_machine_wide(store, found, branch, config.rules)
     steps.sort(key=lambda s: (s.time, s.label, s.metric), reverse=True)
     print(render_regressions(steps, branch, not args.all, len(series)))
     return 0
