@@ -87,6 +87,18 @@ def test_module_rows_are_identical_between_runs_and_sum_to_each_case(two_runs):
     assert (sums["mem_saved_for_backward_bytes"] == saved.loc[sums.index]).all()
 
 
+def test_each_run_goes_into_the_history_and_show_lists_both(two_runs, capsys):
+    from bench_lib.cli import main
+
+    (first, proc), (second, _) = two_runs
+    assert f"history: run added in {first / 'history.sqlite'}" in proc.stdout
+    db = str(first / "history.sqlite")  # each run has its own results folder here: bring them together
+    assert main(["history", "add", str(second / "latest.csv"), "--db", db]) == 0
+    capsys.readouterr()
+    assert main(["history", "show", "inference-mlp-cpu-b1-grad", "--db", db]) == 0
+    assert ": 2 runs" in capsys.readouterr().out
+
+
 def test_selecting_a_subset_with_k(tmp_path):
     proc = run_suite(tmp_path, "-k", "inference and transformer and no_grad")
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -88,6 +88,28 @@ def _write_history(runs: list[Path], folder: Path, model: str | None, step_at: i
     return out
 
 
+def replicate(runs: list[Path], n: int, folder: Path) -> list[Path]:
+    """`n` runs for timing the store: the real runs cycled, each with its own run id, time (a
+    minute apart) and commit; written as reports with their samples."""
+    from datetime import UTC, datetime, timedelta
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [(pd.read_csv(p, dtype=str, keep_default_na=False),
+                pd.read_csv(samples_path(p), dtype=str, keep_default_na=False)) for p in runs]  # fmt: skip
+    out = []
+    for i in range(n):
+        report, samples = sources[i % len(sources)]
+        when = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=i)
+        run_id = f"{when:%Y%m%dT%H%M%SZ}_{report['machine_id'].iloc[0]}"
+        dst = folder / f"{run_id}.csv"
+        report.assign(
+            run_id=run_id, timestamp_utc=when.isoformat(timespec="seconds"), git_commit=commit_of(i)
+        ).to_csv(dst, index=False)
+        samples.assign(run_id=run_id).to_csv(samples_path(dst), index=False)
+        out.append(dst)
+    return out
+
+
 def _store_steps(paths: list[Path], db: Path, rules: StepRules) -> tuple[list[Step], int]:
     with Store.open(db) as store:
         add_reports(store, paths, branch="main")
@@ -166,9 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--step-at", type=int, help="commit of the step in the injected store (default: the middle)"
     )
     p.add_argument("--json", help="write the figures here too")
+    p.add_argument(
+        "--replicate", type=int, help="only write this many runs (the real ones cycled) to --to, for timing"
+    )
+    p.add_argument("--to", help="folder for --replicate")
     args = p.parse_args(argv)
     try:
         runs = real_runs(args.runs)
+        if args.replicate:
+            if not args.to:
+                raise UserError("--replicate needs --to FOLDER")
+            written = replicate(runs, args.replicate, Path(args.to))
+            print(f"wrote {len(written)} runs (from {len(runs)} real ones) to {args.to}")
+            return 0
         rules = StepRules()
         k = args.step_at if args.step_at is not None else len(runs) // 2
         work = Path(tempfile.mkdtemp(prefix="history-audit-"))

@@ -47,16 +47,43 @@ def _metrics(text: str | None, default: str = "DEFAULT_METRICS") -> tuple[str, .
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
-def cmd_add(args: argparse.Namespace) -> int:
+def _progress(a: Any) -> None:
+    print(f"{a.outcome:7} {a.run_id} ({a.cases} cases) from {a.source} in {a.seconds:.2f} s", flush=True)
+
+
+def _add_share(db: str | None, config: str, paths: list[str], branch: str | None) -> list[Any]:
+    """One worker of `history add --jobs N`: its own connection, its share of the reports."""
     from bench_lib.history.ingest import add_reports
+    from bench_lib.history.store import Store
 
-    def progress(a: Any) -> None:
-        print(f"{a.outcome:7} {a.run_id} ({a.cases} cases) from {a.source} in {a.seconds:.2f} s", flush=True)
+    with Store.open(db, Path(config)) as store:
+        return add_reports(store, paths, branch=branch, progress=_progress)
 
+
+def cmd_add(args: argparse.Namespace) -> int:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench_lib.errors import UserError
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    jobs = min(args.jobs, len(args.reports))
     with _store(args) as store:
-        done = add_reports(store, args.reports, branch=args.branch, progress=progress)
-        added = sum(a.outcome == "added" for a in done)
-        print(f"{added} run(s) added, {len(done) - added} already present: {store.name}")
+        name = store.name
+        if jobs == 1:
+            done = _add_share(args.db, args.config, args.reports, args.branch)
+        else:  # readers in parallel; the store takes several writers at once
+            with store.writing():
+                pass  # create the tables once, before the workers race for it
+            shares = [args.reports[i::jobs] for i in range(jobs)]
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [
+                    pool.submit(_add_share, args.db, args.config, share, args.branch) for share in shares
+                ]
+                done = [a for f in futures for a in f.result()]
+    added = sum(a.outcome == "added" for a in done)
+    print(f"{added} run(s) added, {len(done) - added} already present: {name}")
     return 0
 
 
@@ -93,9 +120,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regressions(args: argparse.Namespace) -> int:
-    from bench_lib.history.changepoints import detect_all
+    from bench_lib.history.changepoints import detect
     from bench_lib.history.report import render_regressions
-    from bench_lib.history.series import branch_series, resolve_fingerprint
+    from bench_lib.history.series import branch_series, resolve_fingerprint, with_machine_wide
 
     config = _config(args)
     branch = args.branch or config.branch
@@ -104,7 +131,8 @@ def cmd_regressions(args: argparse.Namespace) -> int:
         series = branch_series(
             store, args.patterns, branch, metrics, resolve_fingerprint(store, args.machine)
         )
-    steps = detect_all(series, config.rules)
+        found = [s for one in series for s in detect(one, config.rules)]
+        steps = with_machine_wide(store, found, branch, config.rules)
     steps.sort(key=lambda s: (s.time, s.label, s.metric), reverse=True)
     print(render_regressions(steps, branch, not args.all, len(series)))
     return 0
@@ -210,6 +238,9 @@ def add_commands(sub: Any) -> None:
         "add", help="add reports (and their samples) to the history; adding twice changes nothing"
     )
     add.add_argument("reports", nargs="+", help="CSV reports")
+    add.add_argument(
+        "--jobs", type=int, default=1, help="reports read in parallel by this many processes (default 1)"
+    )
     add.add_argument(
         "--branch",
         help="branch of the runs (default: $BENCH_BRANCH, $GITHUB_HEAD_REF, $GITHUB_REF_NAME, "

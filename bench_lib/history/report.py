@@ -22,10 +22,10 @@ from bench_lib.history.changepoints import (
     Series,
     Step,
     StepRules,
-    detect_all,
+    detect,
     series_points,
 )
-from bench_lib.history.series import clean, grouped, machine_of, matching_cases
+from bench_lib.history.series import clean, grouped, machine_of, matching_cases, with_machine_wide
 from bench_lib.history.store import Store
 
 MIB = 2**20
@@ -106,7 +106,9 @@ def trends(
                 Series(fp, machine_of(group[-1]), label, metric, series_points(series_rows, exact))
             )
         found.append((label, fp, machine_of(group[-1]), present, shown))
-    steps = detect_all(searched, rules)
+    steps = with_machine_wide(
+        store, [s for one in searched for s in detect(one, rules)], default_branch, rules
+    )
     return [
         Trend(
             label,
@@ -200,7 +202,10 @@ def plot_case(label: str, members: Sequence[Trend]) -> bytes:
     metrics = [m for m in DEFAULT_METRICS if any(m in t.metrics for t in members)]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.4 * len(metrics)), sharex=True, squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
-        scale, unit = (1 / MIB, "MiB") if metric.endswith("_bytes") else (1.0, "ms")
+        scale, unit = (1.0, "ms")
+        if metric.endswith("_bytes"):
+            biggest = max((r.values.get(metric, 0) for t in members for r in t.runs), default=0)
+            scale, unit = (1 / MIB, "MiB") if biggest >= MIB else (1 / 1024, "KiB")
         for trend in members:
             points = [(r.time, r.values[metric] * scale) for r in trend.runs if metric in r.values]
             if not points:
@@ -217,13 +222,15 @@ def plot_case(label: str, members: Sequence[Trend]) -> bytes:
             for step in trend.steps:
                 if step.metric != metric:
                     continue
-                ax.axvline(step.time, color="red", linestyle="--", linewidth=1)
+                color = "tab:orange" if step.machine_wide else "red"  # the machine moved: not a regression
+                ax.axvline(step.time, color=color, linestyle=":" if step.machine_wide else "--", linewidth=1)
                 size = (
                     f"{step.change:+.1%}"
                     if step.p_value is not None and step.change is not None
                     else f"{step.delta:+.0f} B"
                 )
-                ax.annotate(f"{size} @ {step.commit[:7]}", (step.time, step.after * scale), color="red",
+                note = f"{size} @ {step.commit[:7]}" + (" (machine-wide)" if step.machine_wide else "")
+                ax.annotate(note, (step.time, step.after * scale), color=color,
                             fontsize=8, xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_ylabel(f"{metric}\n({unit})", fontsize=8)
         ax.grid(alpha=0.3)
@@ -291,7 +298,7 @@ def render_html(found: Sequence[Trend], store_name: str, default_branch: str) ->
     )
     parts = [
         f"<h1>bench_lib history</h1><p>{html.escape(store_name)}: {len(found)} case(s) x machine(s); "
-        f"steps found on <code>{html.escape(default_branch)}</code> are marked in red.</p>",
+        f"steps found on <code>{html.escape(default_branch)}</code> are marked in red, machine-wide ones (the machine moved) in orange.</p>",
         f"<table><tr>{head}</tr>{body_rows}</table>",
     ]
     for label, members in _by_case(found).items():

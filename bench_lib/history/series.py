@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from bench_lib.errors import UserError
-from bench_lib.history.changepoints import STEP_METRICS, Series, StepRules, series_points
+from bench_lib.history.changepoints import (
+    FASTEST,
+    STEP_METRICS,
+    Series,
+    Step,
+    StepRules,
+    mark_machine_wide,
+    series_points,
+)
 from bench_lib.history.store import Store
 
 DEFAULT_BRANCH = "main"
@@ -116,3 +124,18 @@ def branch_series(
         exact = metric.endswith("_bytes")
         out.append(Series(fp, machine_of(group[-1]), label, metric, series_points(group, exact)))
     return out
+
+
+def with_machine_wide(store: Store, steps: list[Step], branch: str, rules: StepRules) -> list[Step]:
+    """`steps` with machine-wide ones marked, judged against every latency series of their
+    machine on `branch` (not only the cases searched): only the values are needed, no search."""
+    fingerprints = {s.fingerprint for s in steps if not s.exact}
+    if not fingerprints:
+        return steps
+    ids = list(store.labels().values())
+    peers = []
+    for fp in sorted(fingerprints):
+        rows = store.series_rows(ids, [FASTEST], branch=branch, fingerprint=fp)
+        for (label, _fp, metric), group in grouped(clean(rows)).items():
+            peers.append(Series(fp, machine_of(group[-1]), label, metric, series_points(group, False)))
+    return mark_machine_wide(steps, peers, rules)
