@@ -88,12 +88,13 @@ def where_memory_goes(table: pd.DataFrame) -> dict[str, bytes]:
     blocks = table.xs("block", level="by")
     for (model, device, dtype, batch), group in blocks.groupby(level=[0, 1, 2, 3], sort=False):
         shares = group.droplevel([0, 1, 2, 3])
-        shares = shares[shares.index != "(total)"].astype(float).fillna(0) / MIB
+        shares = shares[shares.index != "(total)"].astype(float).dropna(axis=1, how="all").fillna(0) / MIB
         fig, ax = plt.subplots(figsize=(6, 0.45 * len(shares.columns) + 1.2))
         shares.T.iloc[::-1].plot.barh(ax=ax, stacked=True, width=0.7)
         precision = "" if dtype == "float32" else f" {dtype}"
         ax.set_title(f"where the memory goes: {model} on {device}{precision}, batch {batch}")
         ax.set_xlabel("MiB, by block")
+        ax.set_ylabel("")
         ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
         out[f"where {model} {device} {dtype} b{batch}"] = _png(fig)
     return out
