@@ -293,15 +293,7 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write `frame` to `path` so that a reader (or a crash) never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            frame.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, frame.to_csv(index=False))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

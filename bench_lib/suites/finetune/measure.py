@@ -21,7 +21,7 @@ import gc
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import torch
@@ -458,10 +458,12 @@ def measure_finetune_group(
     then all variants are timed round-robin, one training step per call, and checked against
     their strategy's promise (`check_after_steps`). The `full` variant of each optimizer is
     always measured, because the ratios need it."""
-    optimizers = dict.fromkeys(v.split("/")[0] for v in variants)
-    wanted = list(dict.fromkeys([*(f"{o}/{FULL}" for o in optimizers), *variants]))
     group = Case(FINETUNE, spec.name, device.kind, "", batch_size, dtype)
-    cases = {v: group.with_variant(v) for v in wanted}
+    asked = [group.with_variant(v) for v in variants]
+    optimizers = dict.fromkeys(c.optimizer for c in asked)
+    references = [replace(group, optimizer=o, strategy=FULL) for o in optimizers]
+    cases = {c.variant: c for c in dict.fromkeys([*references, *asked])}
+    wanted = list(cases)
     results: dict[str, CaseResult] = {}
     steps: dict[str, TrainStep] = {}
     metrics: dict[str, dict] = {}
@@ -479,7 +481,7 @@ def measure_finetune_group(
     modules: dict[str, tuple[ModuleMemory, ...]] = {}
     if memory:
         for variant in wanted:
-            optimizer, strategy_name = variant.split("/")
+            optimizer, strategy_name = cases[variant].optimizer, cases[variant].strategy
             try:
                 strategy = by_name[strategy_name]
                 metrics[variant], modules[variant] = measure_variant_memory(
@@ -492,7 +494,7 @@ def measure_finetune_group(
     for variant in wanted:
         if variant in results:
             continue
-        optimizer, strategy_name = variant.split("/")
+        optimizer, strategy_name = cases[variant].optimizer, cases[variant].strategy
         case = cases[variant]
         try:
             strategy = by_name[strategy_name]
