@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pandas as pd
 
@@ -150,7 +150,8 @@ Rules per case pattern in [tool.bench_lib.gate] may make latency, memory, missin
 or inconclusive verdicts report-only (see the README)."""
 
 
-def cmd_gate(args: argparse.Namespace) -> int:
+def gate_config(args: argparse.Namespace) -> Any:
+    """The gate's rules: `--config`'s `[tool.bench_lib.gate]`, the options given, and `--only`."""
     from bench_lib import gate
 
     overrides = {
@@ -167,9 +168,13 @@ def cmd_gate(args: argparse.Namespace) -> int:
         overrides["latency"] = "report"
     elif args.only == "latency":
         overrides["memory"] = "report"
-    config = gate.load_config(Path(args.config), overrides)
-    baseline, candidate = (gate.load_side(_side(spec), args.unit) for spec in (args.baseline, args.candidate))
-    verdicts = gate.gate(baseline, candidate, config)
+    return gate.load_config(Path(args.config), overrides)
+
+
+def emit_verdicts(verdicts: Sequence[Any], args: argparse.Namespace) -> int:
+    """Print the verdicts (and write `--md` / `--json`); the gate's exit code."""
+    from bench_lib import gate
+
     if args.only:
         keep = gate.MEMORY_METRICS if args.only == "memory" else (gate.LATENCY,)
         verdicts = [v for v in verdicts if v.metric in keep or v.metric == "case"]
@@ -179,6 +184,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.json:
         write_text_atomic(Path(args.json), gate.render_json(verdicts))
     return gate.exit_code(verdicts)
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from bench_lib import gate
+
+    config = gate_config(args)
+    baseline, candidate = (gate.load_side(_side(spec), args.unit) for spec in (args.baseline, args.candidate))
+    return emit_verdicts(gate.gate(baseline, candidate, config), args)
 
 
 def parser() -> argparse.ArgumentParser:

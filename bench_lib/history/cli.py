@@ -140,25 +140,10 @@ def cmd_regressions(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from bench_lib import gate
-    from bench_lib.cli import _side
+    from bench_lib.cli import _side, emit_verdicts, gate_config
     from bench_lib.history import gate as history_gate
-    from bench_lib.records.schema import write_text_atomic
 
-    overrides = {
-        k: v
-        for k, v in (
-            ("latency_threshold", args.latency_threshold),
-            ("alpha", args.alpha),
-            ("margin", args.margin),
-            ("memory_slack_bytes", args.memory_slack),
-        )
-        if v is not None
-    }
-    if args.only == "memory":
-        overrides["latency"] = "report"
-    elif args.only == "latency":
-        overrides["memory"] = "report"
-    config = gate.load_config(Path(args.config), overrides)
+    config = gate_config(args)
     branch = args.branch or _config(args).branch
     candidate = gate.load_side(_side(args.candidate), "run")
     fp = history_gate.candidate_fingerprint(candidate)
@@ -167,15 +152,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         history = history_gate.load_history(store, fp, branch, args.last, exclude=sorted(own))
         print(history_gate.describe(history, store))
     verdicts = history_gate.history_gate(history, candidate, config, fp, branch)
-    if args.only:
-        keep = gate.MEMORY_METRICS if args.only == "memory" else (gate.LATENCY,)
-        verdicts = [v for v in verdicts if v.metric in keep or v.metric == "case"]
-    print(gate.render_console(verdicts))
-    if args.md:
-        write_text_atomic(Path(args.md), gate.render_markdown(verdicts))
-    if args.json:
-        write_text_atomic(Path(args.json), gate.render_json(verdicts))
-    return gate.exit_code(verdicts)
+    return emit_verdicts(verdicts, args)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
