@@ -325,3 +325,28 @@ def test_the_trace_refuses_to_nest_in_a_running_profiler():
     with profile(activities=[ProfilerActivity.CPU]), pytest.raises(RuntimeError, match="already running"):
         with MemoryTrace("cpu").track():
             pass
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer", "polynomial"])
+def test_every_zoo_models_suite_figures_equal_the_allocator_read_independently(name):
+    """What the suite reports (`measure_inference_group`), in every mode, against the allocator
+    read independently on a fresh copy of the same model and inputs; module rows sum exactly."""
+    from bench_lib.models import ZOO
+
+    results = measure_inference_group(ZOO[name], CpuDevice(), 4, TINY, ["grad", "no_grad", "inference_mode"])
+    torch.manual_seed(0)
+    instance = ZOO[name].instantiate(4)
+    model, inputs = instance.model.eval(), instance.input_tuple()
+    for mode, ctx in zip(("grad", "no_grad", "inference_mode"), MODES, strict=True):
+        result = results[mode]
+        with ctx():
+            model(*inputs)
+
+        def forward(ctx=ctx):
+            with ctx():
+                model(*inputs)
+
+        assert result.metrics["mem_peak_bytes"] == allocator_high_water(forward), mode
+        assert sum(m.mem_peak_bytes for m in result.modules) == result.metrics["mem_peak_bytes"]
+        saved = sum(m.mem_saved_for_backward_bytes for m in result.modules)
+        assert saved == result.metrics["mem_saved_for_backward_bytes"]
