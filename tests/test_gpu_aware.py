@@ -326,8 +326,9 @@ def test_every_row_records_the_float32_settings_it_ran_under():
     from bench_lib.records.cases import get_profile
 
     profile = {**get_profile("tiny").__dict__, "energy_seconds": 0.0}
-    request = {"suite": "inference", "model": "mlp", "device": "cpu", "batch_size": 1, "dtype": "float32",
-               "variants": ["grad"], "profile": profile, "threads": 1}  # fmt: skip
+    case = {"suite": "inference", "model": "mlp", "device": "cpu", "mode": "grad", "batch_size": 1, "dtype": "float32",
+            "strategy": "", "optimizer": "", "compile": ""}  # fmt: skip
+    request = {"cases": [case], "model": "mlp", "profile": profile, "threads": 1}
     result = run_request(request)["grad"]
     assert result.ok and result.row()["float32_matmul_precision"] == "highest"
     assert result.row()["cudnn_tf32"] is False and result.row()["cuda_matmul_tf32"] is False

@@ -390,7 +390,7 @@ def nograd_trunk_violation(
     def pack(t: torch.Tensor) -> torch.Tensor:
         if depth:
             saved.append(t.numel() * t.element_size())
-        return t
+        return t.detach()  # not `t`: a saved output that holds itself is a cycle through the graph (a leak)
 
     handles = [
         handle
