@@ -7,7 +7,6 @@ The parsers are added to `bench_lib.cli`'s; every command opens the store named 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,9 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _write(text: str, out: str | None) -> None:
-    from bench_lib.records.schema import write_text_atomic
+    from bench_lib.cli import _write as write
 
-    if out:
-        write_text_atomic(Path(out), text)
-        print(f"wrote {out}")
-    else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    write(text, out)
 
 
 def _metrics(text: str | None, default: str = "DEFAULT_METRICS") -> tuple[str, ...]:
