@@ -15,6 +15,10 @@ Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when 
      And `mem_peak_bytes` is the allocator's high-water mark on every device (on the CPU it counted
      tensor storages at op boundaries, missing what kernels allocate inside: a different
      quantity, so version 3 CPU figures are read as empty); the `<stem>.modules.csv` companion.
+  5: adds 95% confidence intervals (`latency_ms_median_ci_low/high`, `latency_ratio_to_grad_ci_low/high`,
+     `latency_ratio_to_full_ci_low/high`) from the spread between worker processes, the effort
+     behind them (`processes`, `stop_reason`), and the LoRA settings of a `lora` fine-tuning case
+     (`lora_rank`, `lora_targets`); `strategy` now takes `lora` and `checkpoint`.
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
 per-round latency samples of every case (long format), so statistics can be recomputed and the
@@ -37,7 +41,7 @@ from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS
 from bench_lib.records.results import STATUSES
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ COLUMNS: tuple[Column, ...] = (
         "strategy",
         "str",
         "",
-        "fine-tuning strategy: `full`, `frozen_<k>` or `frozen_nograd`; empty for inference",
+        "fine-tuning strategy: `full`, `frozen_<k>`, `frozen_nograd`, `lora` (peft adapters on a frozen base) or `checkpoint` (activation checkpointing of the trunk blocks); empty for inference",
     ),
     _C("optimizer", "str", "", "fine-tuning optimizer: `sgd` (momentum 0.9) or `adamw`; empty for inference"),
     _C("compile", "str", "", "`inductor` for a `torch.compile`d inference case (`--bench-compile=on`); empty: eager"),
@@ -83,6 +87,8 @@ COLUMNS: tuple[Column, ...] = (
         "ms",
         "median over rounds of the mean time of one call (a forward; for finetune, a whole training step)",
     ),
+    _C("latency_ms_median_ci_low", "float", "ms", "lower end of the 95% confidence interval of latency_ms_median: a t-interval on the medians of the worker processes (each an independent measurement), centred on the pooled median; empty with one process"),
+    _C("latency_ms_median_ci_high", "float", "ms", "upper end of that interval"),
     _C("latency_ms_mean", "float", "ms", "mean over rounds"),
     _C("latency_ms_min", "float", "ms", "fastest round"),
     _C("latency_ms_p90", "float", "ms", "90th percentile over rounds (linear interpolation)"),
@@ -107,6 +113,12 @@ COLUMNS: tuple[Column, ...] = (
         "ratio",
         "finetune: median / median of strategy `full` with the same optimizer, model, device and batch size, measured interleaved",
     ),
+    _C("latency_ratio_to_grad_ci_low", "float", "ratio", "lower end of the 95% confidence interval of latency_ratio_to_grad: a Student t-interval on the per-process ratios (the ratio is their mean); empty with one process. An interval containing 1.0 is reported as no measurable difference"),
+    _C("latency_ratio_to_grad_ci_high", "float", "ratio", "upper end of that interval"),
+    _C("latency_ratio_to_full_ci_low", "float", "ratio", "finetune: lower end of the 95% confidence interval of latency_ratio_to_full (as for latency_ratio_to_grad)"),
+    _C("latency_ratio_to_full_ci_high", "float", "ratio", "finetune: upper end of that interval"),
+    _C("processes", "int", "processes", "independent worker processes whose rounds stand behind the latency figures (adaptive effort adds processes until the group's ratio intervals meet the target)"),
+    _C("stop_reason", "str", "", "why the group stopped adding processes: `target` (every ratio interval of the group within the precision target), `budget` (its time budget spent), `max_processes`, or `fixed` (the profile fixes the number of processes)"),
     _C("rounds", "int", "", "timed rounds (samples) behind the statistics, all processes together"),
     _C("iterations", "int", "calls", "calls per round, the same for every round and process of a group: calibrated in the group's first process so that a round lasts at least the profile's `min_round_s` (from the model's own calls per round upwards), or fixed by the profile"),
     _C("warmup_rounds", "int", "", "untimed rounds before the timed ones"),
@@ -130,6 +142,8 @@ COLUMNS: tuple[Column, ...] = (
     _C("mem_disagreement", "str", "", "memory figures that differed between the worker processes of this run (`metric: a vs b`); empty when every process measured the same bytes. The gate does not decide memory of such a case"),
     _C("trainable_params", "int", "elements", "finetune: parameters with requires_grad"),
     _C("total_params", "int", "elements", "finetune: all parameters"),
+    _C("lora_rank", "int", "", "finetune `lora`: rank r of the LoRA adapters (peft)"),
+    _C("lora_targets", "str", "", "finetune `lora`: the modules LoRA adapts (`|`-joined peft target names)"),
     _C("frozen_blocks", "int", "blocks", "finetune: leading trunk blocks frozen (0 for full); frozen blocks run in eval(), so their BatchNorm statistics and dropout are frozen too"),
     _C(
         "rss_peak_delta_bytes",
@@ -251,7 +265,19 @@ def _v3_to_v4(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(mem_peak_bytes=frame["mem_peak_bytes"].mask(cpu))
 
 
-_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+# The columns version 5 added (unknown for older runs).
+V5_ADDED = (
+    "latency_ms_median_ci_low", "latency_ms_median_ci_high", "latency_ratio_to_grad_ci_low",
+    "latency_ratio_to_grad_ci_high", "latency_ratio_to_full_ci_low", "latency_ratio_to_full_ci_high",
+    "processes", "stop_reason", "lora_rank", "lora_targets",
+)  # fmt: skip
+
+
+def _v4_to_v5(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(**{name: pd.NA for name in V5_ADDED if name not in frame}, schema_version="5")
+
+
+_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
