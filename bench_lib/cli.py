@@ -1,4 +1,4 @@
-"""`python -m bench_lib run | report | compare | gate | history | export`: one `UserError` boundary; exit 0, 1 (a
+"""`python -m bench_lib run | report | compare | precision | gate | history | export`: one `UserError` boundary; exit 0, 1 (a
 case failed, or the gate found a regression), 2 (bad input) or 3 (the gate could not decide)."""
 
 from __future__ import annotations
@@ -121,6 +121,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_precision(args: argparse.Namespace) -> int:
+    from bench_lib.analysis.precision import render
+
+    if len(args.reports) < 2:
+        raise UserError("precision needs at least two reports (repeat runs of the same cases)")
+    frames = load_results(args.reports[:1]), *(load_results([p]) for p in args.reports[1:])
+    _write(render(frames, [Path(p).name for p in args.reports], args.target), args.out)
+    return 0
+
+
 def _side(spec: str) -> list[Path]:
     """A report, or a folder of reports (every run file in it: not latest.csv, not companions)."""
     path = Path(spec)
@@ -219,6 +229,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["console", "csv", "md", "html"], default="console")
     c.add_argument("--out", help="write to this file instead of standard output")
     c.set_defaults(func=cmd_compare)
+    pr = sub.add_parser(
+        "precision",
+        help="how honest and tight the confidence intervals of repeat runs are (coverage, target met)",
+    )
+    pr.add_argument("reports", nargs="+", help="two or more reports of the same cases (repeat runs)")
+    pr.add_argument("--target", type=float, default=0.01, help="relative half-width target (default 0.01)")
+    pr.add_argument("--out", help="write to this file instead of standard output")
+    pr.set_defaults(func=cmd_precision)
     g = sub.add_parser(
         "gate",
         help="regression gate: exit 0 cleared, 1 regression, 2 bad input, 3 undecided",

@@ -76,8 +76,31 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "processes",
         "",
-        "worker processes per group (default: the profile's; 0 = in this process)",
+        "worker processes per group: the first that adaptive effort runs, or exactly this many when "
+        "given without --bench-max-processes (default: the profile's; 0 = in this process)",
         "--processes",
+    ),
+    Option(
+        "max-processes",
+        "",
+        "adaptive effort: at most this many worker processes per group, added one at a time until "
+        "the precision target is met or the group budget spent (0: no adaptation; default: the "
+        "profile's, or [tool.bench_lib] max_processes)",
+        "--max-processes",
+    ),
+    Option(
+        "precision",
+        "",
+        "adaptive effort's target: every ratio's 95 percent interval within +- this fraction of the ratio, "
+        "e.g. 0.01 = +-1 percent (default: the profile's, or [tool.bench_lib] precision)",
+        "--precision",
+    ),
+    Option(
+        "group-budget",
+        "",
+        "adaptive effort's time budget per group, in seconds: no process is added that would end "
+        "after it (0: none; default: the profile's, or [tool.bench_lib] group_budget_s)",
+        "--group-budget",
     ),
     Option("threads", "1", "torch intra-op threads, or 'default' for torch's own choice", "--threads"),
     Option("results-dir", "results", "folder for the CSV reports", "--results-dir"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from bench_lib.measure.devices import parse_device_kinds, unavailable_reason
 from bench_lib.measure.environment import Environment, collect_environment, torch_threads
 from bench_lib.measure.inject import parse_injection
 from bench_lib.measure.precision import parse_dtypes, unsupported_reason
-from bench_lib.measure.runner import START_METHODS, run_group
+from bench_lib.measure.runner import START_METHODS, Effort, run_group
 from bench_lib.models import OPTIONAL, ZOO, get_model
 from bench_lib.models.hf import transformers_module
 from bench_lib.models.plugins import absolute_reference, check_user_model, is_reference
@@ -37,7 +37,7 @@ from bench_lib.records.schema import (
     to_frame,
     write_csv_atomic,
 )
-from bench_lib.suites import SUITES
+from bench_lib.suites import SUITES, Suite
 from bench_lib.suites.finetune.measure import OPTIMIZERS
 
 DEFAULT_THREADS = 1  # like torch.utils.benchmark: steadier figures; BENCH_THREADS overrides
@@ -77,6 +77,9 @@ class RunConfig:
         inject: str | None = None,
         dtypes: str | None = None,
         compile: str | bool | None = None,
+        max_processes: str | None = None,
+        precision: str | None = None,
+        group_budget: str | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
         if malloc not in ("pinned", "default"):
@@ -85,8 +88,7 @@ class RunConfig:
         if start_method not in START_METHODS:
             raise UserError(f"unknown start method {start_method!r} (known: {', '.join(START_METHODS)})")
         chosen = get_profile(profile)
-        if processes is not None and processes.strip():
-            chosen = replace(chosen, processes=_parse_count(processes, "processes", minimum=0))
+        chosen = _with_effort(chosen, processes, max_processes, precision, group_budget)
         if batch_sizes is not None and batch_sizes.strip():
             sizes = [_parse_count(b.strip(), "batch sizes") for b in batch_sizes.split(",") if b.strip()]
             chosen = replace(chosen, batch_sizes=tuple(dict.fromkeys(sizes)))
@@ -142,15 +144,65 @@ def unavailable(case: Case) -> str | None:
     )
 
 
+def _with_effort(
+    profile: Profile,
+    processes: str | None,
+    max_processes: str | None,
+    precision: str | None,
+    group_budget: str | None,
+    pyproject: Path = Path("pyproject.toml"),
+) -> Profile:
+    """`profile` with the effort the options ask for: each given option, else the same key of
+    `[tool.bench_lib]` in `pyproject` (`max_processes`, `precision`, `group_budget_s`), else the
+    profile's. `processes` alone (without `max_processes`) fixes the number of processes."""
+    table = _tool_table(pyproject)
+    given = {k: v.strip() for k, v in (("max_processes", max_processes), ("precision", precision),
+             ("group_budget_s", group_budget)) if v is not None and v.strip()}  # fmt: skip
+    configured = {k: str(table[k]) for k in ("max_processes", "precision", "group_budget_s") if k in table}
+    values = configured | given
+    if processes is not None and processes.strip():
+        profile = replace(profile, processes=_parse_count(processes, "processes", minimum=0))
+        if "max_processes" not in given:
+            profile = replace(profile, max_processes=0)
+    if "max_processes" in values:
+        profile = replace(profile, max_processes=_parse_count(values["max_processes"], "max_processes", 0))
+    if "precision" in values:
+        profile = replace(profile, precision=_parse_number(values["precision"], "precision"))
+    if "group_budget_s" in values:
+        profile = replace(
+            profile, group_budget_s=_parse_number(values["group_budget_s"], "group budget", allow_zero=True)
+        )
+    if profile.max_processes and profile.max_processes < profile.processes:
+        raise UserError(f"max_processes ({profile.max_processes}) is below processes ({profile.processes})")
+    return profile
+
+
+def _parse_number(text: str, what: str, allow_zero: bool = False) -> float:
+    """A finite number > 0 (>= 0 with `allow_zero`); `UserError` otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value == float("inf"):
+        raise UserError(f"{what} must be a number {'>= 0' if allow_zero else '> 0'}, got {text!r}")
+    return value
+
+
+def _tool_table(pyproject: Path) -> dict:
+    """`[tool.bench_lib]` of `pyproject` ({} without the file)."""
+    if not pyproject.is_file():
+        return {}
+    try:
+        return dict(tomllib.loads(pyproject.read_text()).get("tool", {}).get("bench_lib", {}))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{pyproject}: not valid TOML ({exc})") from None
+
+
 def default_models(pyproject: Path = Path("pyproject.toml")) -> tuple[str, ...]:
     """The zoo, plus the user models listed in `[tool.bench_lib] models` of `pyproject`
     (file paths relative to it)."""
-    table: dict = {}
-    if pyproject.is_file():
-        try:
-            table = tomllib.loads(pyproject.read_text()).get("tool", {}).get("bench_lib", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{pyproject}: not valid TOML ({exc})") from None
+    table = _tool_table(pyproject)
     extra = table.get("models", [])
     if not isinstance(extra, list) or not all(isinstance(m, str) for m in extra):
         raise UserError(f"{pyproject}: [tool.bench_lib] models must be a list of strings")
@@ -308,20 +360,44 @@ class BenchSession:
                 why = f"not run: batch size {limit} already ran out of memory on {group.device}"
                 self._groups[group] = {c: CaseResult(c, OOM, why) for c in cases}
             else:
-                pooled = run_group(
+                suite = SUITES[group.suite]
+                pooled, stop_reason = run_group(
                     self._request(group, cases),
                     {c.variant: c for c in cases},
-                    self.config.profile.processes,
+                    self.effort,
                     self.config.start_method,
+                    assess=lambda results: widest_interval(suite, results),
                 )
                 if any(r.status == OOM for r in pooled.values()):
                     self._oom_batch[where] = min(group.batch_size, limit or group.batch_size)
                 by_case = {r.case: r for r in pooled.values()}
-                self._groups[group] = SUITES[group.suite].add_ratios(by_case)
+                self._groups[group] = {
+                    c: replace(r, metrics={**r.metrics, "stop_reason": stop_reason}) if r.samples else r
+                    for c, r in suite.add_ratios(by_case).items()
+                }
         result = self._groups[group][case]
         self.writer.add(result)
         return result
 
+    @property
+    def effort(self) -> Effort:
+        p = self.config.profile
+        return Effort(p.processes, p.max_processes, p.precision, p.group_budget_s)
+
     def close(self) -> Path | None:
         """Finish the report: copy it to latest.csv."""
         return self.writer.finish()
+
+
+def widest_interval(suite: Suite, results: Mapping[str, CaseResult]) -> float | None:
+    """The widest relative half-width of the ratio intervals of a group's pooled results (by
+    variant), or None when the group has no interval to judge (no ratio, or one process)."""
+    if suite.ratio_column is None:
+        return None
+    column = suite.ratio_column
+    widths = []
+    for result in suite.add_ratios({r.case: r for r in results.values()}).values():
+        value, low, high = (result.metrics.get(k) for k in (column, f"{column}_ci_low", f"{column}_ci_high"))
+        if result.ok and value and low is not None and high is not None:
+            widths.append((high - low) / 2 / abs(value))
+    return max(widths) if widths else None

@@ -233,3 +233,20 @@ def test_cli_gates_folders_of_runs_and_writes_md_and_json(tmp_path, capsys):
 def test_cli_bad_input_exits_2(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_change_interval_is_welchs_t_on_log_medians_checked_by_hand():
+    import math
+
+    from bench_lib.gate import change_interval
+
+    base, cand = [10.0, 11.0, 10.5], [12.0, 12.5, 11.5]
+    low, high = change_interval(base, cand)
+    from scipy.stats import t
+
+    # by hand: log means 2.350618 and 2.484328, variances of the means 0.00075716 and
+    # 0.00057945, se 0.036560, Welch dof 3.9305
+    diff, h = 2.484328 - 2.350618, t.ppf(0.975, 3.9305) * 0.036560
+    assert (low, high) == pytest.approx((math.expm1(diff - h), math.expm1(diff + h)), abs=2e-4)
+    assert low < 12.0 / 10.5 - 1 < high
+    assert change_interval([10.0], cand) == (None, None)  # one run: no interval

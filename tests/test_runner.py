@@ -1,5 +1,6 @@
 """Worker processes and the pooling of their results."""
 
+import math
 from dataclasses import asdict
 
 import pytest
@@ -33,7 +34,7 @@ def ok(mode, host_ms, **metrics):
 
 
 def test_two_worker_processes_are_pooled_and_tagged():
-    results = run_group(request(), cases(), processes=2)
+    results, _ = run_group(request(), cases(), 2)
     assert [r.status for r in results.values()] == ["ok", "ok"]
     grad = results["grad"].samples
     assert grad.rounds == 2 * 5 and grad.process == (0,) * 5 + (1,) * 5
@@ -41,17 +42,17 @@ def test_two_worker_processes_are_pooled_and_tagged():
 
 
 def test_spawned_workers_work_too():
-    results = run_group(request(), cases(), processes=1, start_method="spawn")
+    results, _ = run_group(request(), cases(), 1, start_method="spawn")
     assert results["grad"].ok and results["grad"].samples.rounds == 5
 
 
 def test_in_process_mode_gives_the_same_shape_of_result():
-    results = run_group(request(), cases(), processes=0)
+    results, _ = run_group(request(), cases(), 0)
     assert results["grad"].samples.rounds == 5 and set(results["grad"].samples.process) == {0}
 
 
 def test_a_worker_that_dies_fails_its_cases_and_the_run_goes_on():
-    results = run_group(request(model="no-such-model"), cases("no-such-model"), processes=1)
+    results, _ = run_group(request(model="no-such-model"), cases("no-such-model"), 1)
     assert {r.status for r in results.values()} == {"failed"}
     assert "worker failed: UserError: unknown model 'no-such-model'" in results["grad"].error
 
@@ -62,12 +63,24 @@ def test_pool_keeps_a_failure_from_any_process():
     assert pooled["grad"].status == "oom"
 
 
-def test_paired_ratio_is_the_mean_of_per_process_ratios():
+def test_paired_ratio_is_the_geometric_mean_of_per_process_ratios_with_a_log_t_interval():
     grad = {0: (10.0, 10.0), 1: (20.0, 20.0), 2: (30.0, 30.0)}
     fast = {0: (9.0, 9.0), 1: (19.0, 19.0), 2: (24.0, 24.0)}
-    assert paired_ratio(fast, grad) == pytest.approx((0.9 + 0.95 + 0.8) / 3)
+    estimate = paired_ratio(fast, grad)
+    # by hand: logs of 0.9, 0.95, 0.8 = -0.1053605, -0.0512933, -0.2231436; their mean -0.1265991
+    # (geometric mean 0.8810868) and sd 0.0878717; t(0.975, 2 df) = 4.302653, sqrt(3) = 1.732051
+    assert estimate.value == pytest.approx(0.8810868, abs=1e-7) and estimate.n == 3
+    h = 4.302653 * 0.0878717 / 1.732051
+    assert (estimate.low, estimate.high) == pytest.approx(
+        (0.8810868 * math.exp(-h), 0.8810868 * math.exp(h)), abs=1e-6
+    )
     with pytest.raises(ValueError):
         paired_ratio({0: (1.0,)}, {1: (1.0,)})
+
+
+def test_a_ratio_interval_stays_positive_with_two_scattered_processes():
+    estimate = paired_ratio({0: (1.0,), 1: (9.0,)}, {0: (10.0,), 1: (10.0,)})  # 0.1 and 0.9
+    assert 0 < estimate.low < estimate.value < estimate.high
 
 
 def test_with_ratios_pairs_rounds_by_process():

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from bench_lib.records.stats import ratio_of_medians, summarize
@@ -36,3 +37,59 @@ def test_ratio_of_medians():
     assert ratio_of_medians([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         ratio_of_medians([1.0], [0.0])
+
+
+# ---------------------------------------------------------------- confidence intervals
+
+
+def _coverage(half_width, n, trials=4000, seed=1):
+    """How often mean +- half_width(values) contains the true mean, for n normal values."""
+
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(trials):
+        values = rng.normal(0.8, 0.01, n)
+        hits += abs(values.mean() - 0.8) <= half_width(values)
+    return hits / trials
+
+
+@pytest.mark.parametrize("n", [3, 5, 12])
+def test_the_t_interval_covers_the_true_mean_95_percent_of_the_time(n):
+    from bench_lib.records.stats import t_half_width
+
+    assert 0.94 <= _coverage(t_half_width, n) <= 0.96
+
+
+def test_the_coverage_check_catches_a_too_narrow_interval():
+    """A normal (z) interval, or a percentile bootstrap, on a handful of processes: the kind of
+    interval the t-interval replaces. The same check sees them cover far less than 95%."""
+
+    def z_interval(values):
+        return 1.96 * np.std(values, ddof=1) / np.sqrt(len(values))
+
+    rng = np.random.default_rng(2)
+
+    def bootstrap(values):
+        means = rng.choice(values, (200, len(values))).mean(axis=1)
+        lo, hi = np.percentile(means, [2.5, 97.5])
+        return max(values.mean() - lo, hi - values.mean())
+
+    assert _coverage(z_interval, 3) < 0.85
+    assert _coverage(bootstrap, 4, trials=1000) < 0.85
+
+
+def test_an_interval_needs_two_processes_and_matches_scipy():
+    from scipy import stats
+
+    from bench_lib.records.stats import median_estimate, t_half_width
+
+    assert t_half_width([0.9]) is None
+    values = [0.81, 0.83, 0.80, 0.84, 0.82]
+    low, high = stats.t.interval(0.95, 4, loc=np.mean(values), scale=stats.sem(values))
+    assert t_half_width(values) == pytest.approx((high - low) / 2)
+    one = median_estimate({0: (1.0, 2.0, 3.0)})
+    assert one.value == 2.0 and one.low is None and one.n == 1
+    two = median_estimate({0: (1.0, 1.0), 1: (4.0, 4.0)})  # medians 1 and 4, pooled median 2.5
+    # logs 0 and ln 4: sd ln4 / sqrt(2), so h = t(0.975, 1) * (ln4 / sqrt(2)) / sqrt(2)
+    h = stats.t.ppf(0.975, 1) * np.log(4) / 2
+    assert two.value == 2.5 and (two.low, two.high) == pytest.approx((2.5 * np.exp(-h), 2.5 * np.exp(h)))

@@ -10,7 +10,7 @@ import torch
 from fakes import FakeClock, FakeCuda, FakeEvent
 
 from bench_lib.measure.devices import CpuDevice, CudaDevice
-from bench_lib.measure.runner import with_iterations
+from bench_lib.measure.runner import with_iterations, with_rounds
 from bench_lib.measure.timing import (
     Samples,
     Variant,
@@ -241,3 +241,23 @@ def test_samples_validate_their_shape():
         Samples(iterations=1, host_ms=())
     with pytest.raises(ValueError):
         Samples(iterations=1, host_ms=(1.0, 2.0), device_ms=(1.0,))
+
+
+def test_later_processes_time_about_process_timing_s_of_rounds_but_at_least_min_rounds():
+    grad, fast = (
+        Case("finetune", "cnn", "cpu", "", 32, strategy=s, optimizer="sgd") for s in ("full", "frozen_1")
+    )
+    # one round of the group: 2 calls of 100 ms (grad) + 2 calls of 50 ms = 300 ms
+    first = {
+        "full": CaseResult(grad, samples=Samples(iterations=2, host_ms=(100.0, 100.0, 100.0))),
+        "frozen_1": CaseResult(fast, samples=Samples(iterations=2, host_ms=(50.0, 50.0, 50.0))),
+    }
+    profile = {"rounds": 30, "finetune_rounds": 10, "process_timing_s": 1.5, "min_rounds": 2}
+    assert with_rounds({"profile": profile}, first)["profile"] | {} == profile | {
+        "rounds": 5,
+        "finetune_rounds": 5,
+    }
+    tight = profile | {"process_timing_s": 0.1}
+    assert with_rounds({"profile": tight}, first)["profile"]["finetune_rounds"] == 2  # min_rounds
+    off = {"profile": profile | {"process_timing_s": 0.0}}
+    assert with_rounds(off, first) is off

@@ -172,6 +172,8 @@ class Verdict:
     candidate: float | None = None
     change: float | None = None  # candidate / baseline - 1
     p_value: float | None = None
+    change_low: float | None = None  # 95% confidence interval of `change` (latency; see `change_interval`)
+    change_high: float | None = None
 
     @property
     def fails(self) -> bool:
@@ -458,7 +460,8 @@ def _latency(label: str, base: list[float], cand: list[float], rules: Rules) -> 
                                "no raw samples"), rules)  # fmt: skip
     b, c = float(np.median(base)), float(np.median(cand))
     change = c / b - 1
-    common = dict(baseline=b, candidate=c, change=change)
+    low, high = change_interval(base, cand)
+    common = dict(baseline=b, candidate=c, change=change, change_low=low, change_high=high)
     n, m = len(base), len(cand)
     if min(n, m) < rules.min_samples or min_p_value(n, m) >= rules.alpha:
         why = f"too few runs ({n} vs {m}) to reach p < {rules.alpha}"
@@ -501,6 +504,26 @@ def _without_samples(v: Verdict, b: pd.DataFrame, c: pd.DataFrame, rules: Rules)
     return _undecided_unless_within(v, rules)
 
 
+def change_interval(base: Sequence[float], cand: Sequence[float]) -> tuple[float | None, float | None]:
+    """95% confidence interval of the change (candidate / baseline - 1) from the per-unit medians
+    of each side: Welch's t-interval on the difference of mean log medians, exponentiated. For
+    the reader only: the decision stays with the threshold and the Mann-Whitney test, whose
+    false-alarm rate the gate audit measures. (None, None) with fewer than two units a side."""
+    if len(base) < 2 or len(cand) < 2:
+        return None, None
+    from scipy.stats import t
+
+    lb, lc = np.log(base), np.log(cand)
+    vb, vc = np.var(lb, ddof=1) / len(lb), np.var(lc, ddof=1) / len(lc)
+    se = math.sqrt(vb + vc)
+    diff = float(np.mean(lc) - np.mean(lb))
+    if se == 0:
+        return math.expm1(diff), math.expm1(diff)
+    dof = (vb + vc) ** 2 / (vb**2 / (len(lb) - 1) + vc**2 / (len(lc) - 1))
+    h = float(t.ppf(0.975, dof)) * se
+    return math.expm1(diff - h), math.expm1(diff + h)
+
+
 def _spread(values: list[float]) -> float:
     q25, q50, q75 = np.percentile(values, [25, 50, 75])
     return float((q75 - q25) / q50) if q50 > 0 else 0.0
@@ -525,10 +548,23 @@ def table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
 
 def _shown(verdicts: Sequence[Verdict]) -> pd.DataFrame:
     frame = table(verdicts)
-    frame["change"] = frame["change"].map(lambda x: "" if x is None or pd.isna(x) else f"{x:+.2%}")
+    frame["change"] = [_change_text(v) for v in frame.itertuples()]
     for col in ("baseline", "candidate"):
         frame[col] = frame[col].map(lambda x: "" if x is None or pd.isna(x) else f"{x:.6g}")
     return frame[["case", "metric", "baseline", "candidate", "change", "decision", "outcome", "why"]]
+
+
+def _missing(x: object) -> bool:
+    return x is None or bool(pd.isna(x))
+
+
+def _change_text(v: Any) -> str:
+    """`+12.30%`, with its interval where there is one: `+12.30% [+8.1%, +16.6%]`."""
+    if _missing(v.change):
+        return ""
+    if _missing(v.change_low) or _missing(v.change_high):
+        return f"{v.change:+.2%}"
+    return f"{v.change:+.2%} [{v.change_low:+.1%}, {v.change_high:+.1%}]"
 
 
 def _counted(verdicts: Sequence[Verdict]) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import signal
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -20,26 +21,81 @@ WORKER_TIMEOUT_S = 1800
 ERROR_KEY = "__error__"
 
 
+# Why a group stopped adding worker processes (the `stop_reason` column)
+TARGET, BUDGET, MAX_PROCESSES, FIXED, NO_RATIO = "target", "budget", "max_processes", "fixed", "no_ratio"
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How many worker processes a group gets.
+
+    With `max_processes` above `processes`, effort is adaptive: after the first `processes`,
+    another is added while the widest ratio interval of the group (relative half-width, see
+    `stats.Estimate`) is wider than `precision` and another process is expected to end within
+    `budget_s` seconds of the group's start (0: no budget). Otherwise exactly `processes`.
+    """
+
+    processes: int
+    max_processes: int = 0
+    precision: float = 0.0
+    budget_s: float = 0.0
+
+    @property
+    def adaptive(self) -> bool:
+        return self.max_processes > self.processes
+
+
+# The widest relative half-width of a group's ratio intervals, given its pooled results by
+# variant (None when the group has no ratio to aim at, e.g. only its reference ran)
+Assess = Callable[[Mapping[str, CaseResult]], float | None]
+
+
 def run_group(
-    request: Mapping[str, Any], cases: Mapping[str, Case], processes: int, start_method: str = "forkserver"
-) -> dict[str, CaseResult]:
-    """Measure a group in `processes` fresh worker processes, one after the other, and pool them.
+    request: Mapping[str, Any],
+    cases: Mapping[str, Case],
+    effort: Effort | int,
+    start_method: str = "forkserver",
+    assess: Assess | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[dict[str, CaseResult], str]:
+    """Measure a group in fresh worker processes, one after the other, and pool them; return the
+    pooled results by variant and why it stopped adding processes (`Effort`; `assess` judges
+    the pooled results after each process once the minimum has run).
 
     The first process that measures calibrates the calls per round (unless the profile fixes
     them); the following ones reuse its figure, so that their samples pool. Memory is traced by
-    the first and the last process only (the trace costs time; see `measure.memory_trace`): its
+    the first two processes only (the trace costs time; see `measure.memory_trace`): its
     figures are exact and deterministic, so the two must agree, and `pool` names any difference.
-    `processes=0` measures in this process instead (for debugging; no isolation). `cases` names
+    0 processes measures in this process instead (for debugging; no isolation). `cases` names
     the group's cases by variant, so a worker that dies can be reported against each of them.
     """
-    if processes == 0:
-        return run_request(request)
-    parts = []
-    for i in range(processes):
-        traced = i in (0, processes - 1)
-        parts.append(_run_worker({**request, "memory": traced}, cases, start_method))
-        request = with_iterations(request, parts[-1])
-    return pool(parts)
+    effort = Effort(effort) if isinstance(effort, int) else effort
+    if effort.processes == 0:
+        return run_request(request), FIXED
+    start = clock()
+    parts: list[dict[str, CaseResult]] = []
+    durations: list[float] = []
+    limit = max(effort.processes, effort.max_processes)
+    while True:
+        began = clock()
+        parts.append(_run_worker({**request, "memory": len(parts) < 2}, cases, start_method))
+        durations.append(clock() - began)
+        request = with_rounds(with_iterations(request, parts[-1]), parts[-1])
+        if len(parts) < effort.processes:
+            continue
+        if not effort.adaptive:
+            return pool(parts), FIXED
+        pooled = pool(parts)
+        widest = assess(pooled) if assess is not None else None
+        if widest is None:
+            return pooled, NO_RATIO
+        if widest <= effort.precision:
+            return pooled, TARGET
+        if len(parts) >= limit:
+            return pooled, MAX_PROCESSES
+        untraced = durations[2:] or durations  # a traced process takes longer than the next will
+        if effort.budget_s and clock() - start + sum(untraced) / len(untraced) > effort.budget_s:
+            return pooled, BUDGET
 
 
 def with_iterations(request: Mapping[str, Any], results: Mapping[str, CaseResult]) -> Mapping[str, Any]:
@@ -51,6 +107,26 @@ def with_iterations(request: Mapping[str, Any], results: Mapping[str, CaseResult
     return {**request, "profile": {**request["profile"], "iterations": measured}}
 
 
+def with_rounds(request: Mapping[str, Any], results: Mapping[str, CaseResult]) -> Mapping[str, Any]:
+    """`request` with its rounds per process (`rounds`, `finetune_rounds`) capped so that the
+    timed rounds of a process last about the profile's `process_timing_s`, judged from a round
+    of the group in `results` (the sum over its variants of median time per call x calls per
+    round), but never below `min_rounds`. Unchanged without a cap or samples.
+
+    Why: the spread between processes, not within them, limits a ratio's precision, so a group
+    whose rounds are long (a batch of 32 training steps) gains more from another process than
+    from more rounds in this one."""
+    profile = request["profile"]
+    cap_s = profile.get("process_timing_s") or 0.0
+    timed = [r.samples for r in results.values() if r.samples is not None]
+    if cap_s <= 0 or not timed:
+        return request
+    round_ms = sum(s.stats().median * s.iterations for s in timed)
+    fits = max(int(cap_s * 1e3 / round_ms), profile.get("min_rounds") or 1)
+    capped = {k: min(profile[k], fits) for k in ("rounds", "finetune_rounds") if k in profile}
+    return {**request, "profile": {**profile, **capped}}
+
+
 START_METHODS = ("forkserver", "spawn")
 
 
@@ -59,7 +135,8 @@ def _context(method: str) -> Any:
 
     - `forkserver` (default): workers fork from a server process that imported torch and bench_lib
       once and ran nothing, so each starts clean in milliseconds instead of the ~1.5 s of a fresh
-      interpreter. They share the server's address-space layout, so a run's processes are not
+      interpreter. The server also imports what torch would import lazily in every worker, and
+      freezes the garbage collector's view of it (see `measure.preload`). They share the server's address-space layout, so a run's processes are not
       independent of it: figures that depend on memory layout vary between runs more than
       between a run's processes (seen on the MLP's training step at batch 1).
     - `spawn`: a fresh interpreter per worker: fully independent processes, ~1.5 s each.
@@ -70,14 +147,7 @@ def _context(method: str) -> Any:
     if method not in _CONTEXTS:
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":
-            ctx.set_forkserver_preload(
-                [
-                    "bench_lib.measure.worker",
-                    "bench_lib.suites.inference.measure",
-                    "bench_lib.suites.finetune.measure",
-                    "bench_lib.suites.ruler.measure",
-                ]
-            )
+            ctx.set_forkserver_preload(["bench_lib.measure.preload"])
         _CONTEXTS[method] = ctx
     return _CONTEXTS[method]
 

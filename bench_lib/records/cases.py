@@ -119,6 +119,16 @@ class Profile:
     models: tuple[str, ...] = ()  # the models a run measures when none are named; () = the zoo
     energy_seconds: float = 1.0  # per case, where NVML measures GPU energy (0: no energy phase)
     min_round_s: float = 0.001  # shortest round when calibrating calls per round (0: no calibration)
+    # Adaptive effort (`measure.runner.Effort`): from `processes` up to `max_processes` worker
+    # processes per group (0: exactly `processes`), until every ratio interval of the group is
+    # within +-`precision` (relative) or `group_budget_s` is spent (0: no budget)
+    max_processes: int = 0
+    precision: float = 0.01
+    group_budget_s: float = 0.0
+    # After a group's first process, later ones time about this many seconds of rounds (never
+    # fewer than `min_rounds`): see `measure.runner.with_rounds` (0: always the full rounds)
+    process_timing_s: float = 0.0
+    min_rounds: int = 5
 
 
 PROFILES: dict[str, Profile] = {
@@ -130,8 +140,11 @@ PROFILES: dict[str, Profile] = {
             description="seconds; for the end-to-end tests, figures not meaningful",
         ),
         Profile(
-            "default", (1, 32), rounds=100, warmup_rounds=10, processes=5, finetune_rounds=25,
-            description="the default make bench: 5 processes x 100 rounds (25 training steps) per group",
+            "default", (1, 32), rounds=30, warmup_rounds=5, processes=4, finetune_rounds=10,
+            finetune_warmup_rounds=3, max_processes=15, precision=0.01, group_budget_s=15,
+            process_timing_s=1.5,
+            description="the default make bench: 4 to 15 processes x 30 rounds (10 training steps) per group, "
+            "until every ratio is known to +-1% or 15 s are spent",
         ),
         Profile(
             "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5, finetune_rounds=100,

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 from bench_lib.records.cases import Case
-from bench_lib.records.stats import Samples, paired_ratio
+from bench_lib.records.stats import Samples, median_estimate, paired_ratio
 
 K = TypeVar("K")
 OK, FAILED, OOM = "ok", "failed", "oom"
@@ -115,8 +115,12 @@ class CaseResult:
         row: dict[str, Any] = {**asdict(self.case), "status": self.status, "error": self.error}
         if self.samples is not None:
             stats = self.samples.stats()
+            median = median_estimate(self.samples.by_process())
             row |= {
                 "latency_ms_median": stats.median,
+                "latency_ms_median_ci_low": median.low,
+                "latency_ms_median_ci_high": median.high,
+                "processes": median.n,
                 "latency_ms_mean": stats.mean,
                 "latency_ms_min": stats.min,
                 "latency_ms_p90": stats.p90,
@@ -136,19 +140,23 @@ class CaseResult:
 
 
 def with_ratios(results: Mapping[K, CaseResult], reference: K | None, column: str) -> dict[K, CaseResult]:
-    """Add `column`, each result's latency ratio to the `reference` result's, to the metrics.
+    """Add `column`, each result's latency ratio to the `reference` result's, and its 95%
+    confidence interval (`<column>_ci_low`, `<column>_ci_high`) to the metrics.
 
     The ratio is paired: per process, median over the reference's median from the same
-    interleaved rounds, then the mean across processes (see `stats.paired_ratio`). None when
-    the reference has no samples.
+    interleaved rounds, then the mean across processes, with a t-interval from their spread
+    (see `stats.paired_ratio`). None when the reference has no samples; no interval from one
+    process.
     """
     ref = results.get(reference) if reference is not None else None
     out = {}
     for key, result in results.items():
-        ratio = None
+        ratio = low = high = None
         if result.samples is not None and ref is not None and ref.samples is not None:
-            ratio = paired_ratio(result.samples.by_process(), ref.samples.by_process())
-        out[key] = replace(result, metrics={**result.metrics, column: ratio}) if result.ok else result
+            estimate = paired_ratio(result.samples.by_process(), ref.samples.by_process())
+            ratio, low, high = estimate.value, estimate.low, estimate.high
+        columns = {column: ratio, f"{column}_ci_low": low, f"{column}_ci_high": high}
+        out[key] = replace(result, metrics={**result.metrics, **columns}) if result.ok else result
     return out
 
 

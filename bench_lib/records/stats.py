@@ -59,20 +59,87 @@ def summarize(samples_ms: Sequence[float]) -> LatencyStats:
     )
 
 
+CONFIDENCE = 0.95  # of every interval in a report
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure with its 95% confidence interval (`low`, `high` are None without one: a single
+    process gives no spread to estimate it from) and the number of processes behind it."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+    n: int = 1
+
+    @property
+    def half_width(self) -> float | None:
+        """Half the interval's length (the interval is symmetric on a log scale, so the figure
+        sits a little below its middle)."""
+        return None if self.low is None or self.high is None else (self.high - self.low) / 2
+
+    @property
+    def relative_half_width(self) -> float | None:
+        """Half-width over the figure: 0.01 means +-1%."""
+        h = self.half_width
+        return None if h is None or self.value == 0 else h / abs(self.value)
+
+
+def t_half_width(values: Sequence[float], confidence: float = CONFIDENCE) -> float | None:
+    """Half-width of the Student t confidence interval of the mean of `values` (None for fewer
+    than two): t(n-1) * s / sqrt(n).
+
+    Why t on per-process values and not a bootstrap: the values are a handful (3 to 15
+    independent worker processes), each already an average over many rounds and so close to
+    normal; a percentile bootstrap of so few values is too narrow (it resamples the sample's own
+    spread and uses normal, not t, quantiles), which repeat runs showed as under-coverage.
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    from scipy import stats as sps  # imported on first use: the records stay light to import
+
+    s = float(np.std(values, ddof=1))
+    return float(sps.t.ppf(0.5 + confidence / 2, n - 1) * s / np.sqrt(n))
+
+
 def paired_ratio(
     samples_by_process: Mapping[int, Sequence[float]], reference_by_process: Mapping[int, Sequence[float]]
-) -> float:
-    """Mean over processes of each process's ratio of medians (sample / reference).
+) -> Estimate:
+    """Geometric mean over processes of each process's ratio of medians (sample / reference),
+    with its 95% t-interval (see `t_half_width`), computed on the logs of the ratios.
 
     Each process measured both sides interleaved, so each ratio is free of the drift between
     processes; the medians resist outlying rounds within a process, and the mean across
     processes averages the process-to-process variation (more efficiently than a median of
-    a handful of values).
+    a handful of values). The processes are independent measurements, so their spread says how
+    precise the mean is. On logs because a ratio is multiplicative: the interval stays positive
+    and symmetric in "x times faster or slower" (with 2 processes a linear t-interval of 0.5
+    +- 0.6 would reach below zero); for ratios a few percent apart the geometric and the
+    arithmetic mean differ by a fraction of their interval.
     """
     common = sorted(set(samples_by_process) & set(reference_by_process))
     if not common:
         raise ValueError("no process measured both sides")
-    return float(np.mean([ratio_of_medians(samples_by_process[p], reference_by_process[p]) for p in common]))
+    ratios = [ratio_of_medians(samples_by_process[p], reference_by_process[p]) for p in common]
+    logs = [float(x) for x in np.log(ratios)]
+    return _estimate(float(np.exp(np.mean(logs))), logs)
+
+
+def median_estimate(samples_by_process: Mapping[int, Sequence[float]]) -> Estimate:
+    """The median of every process's rounds pooled, with a 95% interval from the spread of the
+    per-process medians (a t-interval on their logs, centred on the pooled median, which lies
+    close to their geometric mean): how far another set of processes at the same moment would
+    put the median. It cannot say how much the machine itself drifts between runs minutes
+    apart, which moves absolute figures more than any interval here (see README, "How precise
+    are the figures")."""
+    pooled = float(np.median([v for values in samples_by_process.values() for v in values]))
+    if pooled <= 0:
+        return Estimate(pooled, n=len(samples_by_process))
+    medians = [float(np.median(v)) for v in samples_by_process.values()]
+    if min(medians) <= 0:
+        return Estimate(pooled, n=len(medians))
+    return _estimate(pooled, [float(x) for x in np.log(medians)])
 
 
 def ratio_of_medians(samples_ms: Sequence[float], reference_ms: Sequence[float]) -> float:
@@ -82,6 +149,14 @@ def ratio_of_medians(samples_ms: Sequence[float], reference_ms: Sequence[float])
     if reference <= 0:
         raise ValueError("reference median must be positive")
     return float(np.median(samples_ms)) / reference
+
+
+def _estimate(value: float, logs: Sequence[float]) -> Estimate:
+    """`value` with the interval value x exp(+-h), h the t half-width of `logs`."""
+    h = t_half_width(logs)
+    if h is None:
+        return Estimate(value, n=len(logs))
+    return Estimate(value, value * float(np.exp(-h)), value * float(np.exp(h)), len(logs))
 
 
 @dataclass(frozen=True)

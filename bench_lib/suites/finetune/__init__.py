@@ -28,6 +28,7 @@ TEXT = (
 class FinetuneSuite(Suite):
     name = FINETUNE
     order = 2
+    ratio_column = "latency_ratio_to_full"
 
     def cases(self, config: RunConfig) -> list[Case]:
         from bench_lib.models import get_model

@@ -27,6 +27,7 @@ TEXT = (
 class InferenceSuite(Suite):
     name = INFERENCE
     order = 1
+    ratio_column = "latency_ratio_to_grad"
 
     def cases(self, config: RunConfig) -> list[Case]:
         return inference_cases(

@@ -1,0 +1,110 @@
+"""How honest and how tight the confidence intervals of repeat runs are (`python -m bench_lib
+precision REPORT REPORT...`): the figures behind README's "How precise are the figures".
+
+- Coverage: for every case and every pair of runs, do the two runs' estimates differ by no
+  more than their combined half-widths, sqrt(h1^2 + h2^2)? With honest 95% intervals that holds
+  for 95% of pairs or a little more (the difference of two independent estimates has the
+  combined standard error, and t quantiles of few processes are wider than 1.96). Well under
+  90% means the intervals are too narrow: they miss variation between runs (the machine's
+  drift, a run's shared state) that the processes of one run do not show.
+- Target: the share of ratios whose interval is within the precision target (relative
+  half-width), per run.
+Torch-free, like the rest of the analysis side.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bench_lib.records.cases import KEY_FIELDS
+
+RATIOS = ("latency_ratio_to_grad", "latency_ratio_to_full")
+FIGURES = (*RATIOS, "latency_ms_median")
+
+
+def figure_rows(frame: pd.DataFrame, figure: str) -> pd.DataFrame:
+    """One row per case that has `figure` and its interval: the case key, `value`, `low`,
+    `high`. Reference cases (ratio 1 to themselves) are left out of the ratios."""
+    low, high = f"{figure}_ci_low", f"{figure}_ci_high"
+    if figure not in frame or low not in frame:
+        return pd.DataFrame(columns=[*KEY_FIELDS, "value", "low", "high"])
+    rows = frame[frame["status"].eq("ok") & frame[figure].notna() & frame[low].notna()]
+    if figure in RATIOS:
+        rows = rows[(rows[high] - rows[low]) > 0]  # the reference: exactly 1, a zero-width interval
+    out = rows[list(KEY_FIELDS)].copy()
+    out["value"], out["low"], out["high"] = (rows[c].astype(float) for c in (figure, low, high))
+    return out.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    figure: str
+    pairs: int  # (case, pair of runs) with an interval in both runs
+    held: int  # of which the two estimates differ by at most sqrt(h1^2 + h2^2)
+    worst: str  # the pair that missed by most, relative to its allowance ("" when none missed)
+
+    @property
+    def share(self) -> float:
+        return self.held / self.pairs if self.pairs else float("nan")
+
+
+def coverage(frames: Sequence[pd.DataFrame], figure: str) -> Coverage:
+    """How often two runs' estimates of `figure` agree within their combined half-widths."""
+    per_run = [figure_rows(f, figure).set_index(list(KEY_FIELDS)) for f in frames]
+    pairs = held = 0
+    worst, worst_excess = "", 1.0
+    for (i, a), (j, b) in itertools.combinations(enumerate(per_run), 2):
+        both = a.merge(b, how="inner", left_index=True, right_index=True, suffixes=("_a", "_b"))
+        if both.empty:
+            continue
+        h_a = (both["high_a"] - both["low_a"]) / 2
+        h_b = (both["high_b"] - both["low_b"]) / 2
+        allowed = np.sqrt(h_a**2 + h_b**2)
+        diff = (both["value_a"] - both["value_b"]).abs()
+        pairs += len(both)
+        held += int((diff <= allowed).sum())
+        excess = diff / allowed.where(allowed > 0)
+        if excess.notna().any() and excess.max() > worst_excess:
+            key = excess.idxmax()
+            worst_excess = float(excess.max())
+            label = "-".join(str(k) for k in key if k != "" and not pd.isna(k))
+            worst = f"{label}, runs {i + 1} and {j + 1}: {diff[key]:.4g} apart, allowed {allowed[key]:.4g}"
+    return Coverage(figure, pairs, held, worst)
+
+
+def target_share(frame: pd.DataFrame, precision: float) -> tuple[int, int]:
+    """(ratios within +-`precision` relative half-width, ratios with an interval) in one run."""
+    rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
+    if rows.empty:
+        return 0, 0
+    relative = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
+    return int((relative <= precision).sum()), len(rows)
+
+
+def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: float) -> str:
+    lines = [f"{len(frames)} runs: " + ", ".join(names)]
+    for figure in FIGURES:
+        c = coverage(frames, figure)
+        if not c.pairs:
+            continue
+        lines.append(
+            f"{figure}: the estimates of two runs agreed within their combined half-widths in "
+            f"{c.held} of {c.pairs} (case, pair of runs) = {c.share:.1%}"
+        )
+        if c.worst:
+            lines.append(f"  furthest apart: {c.worst}")
+    for name, frame in zip(names, frames, strict=True):
+        met, total = target_share(frame, precision)
+        rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
+        if total:
+            h = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
+            lines.append(
+                f"{name}: {met} of {total} ratios ({met / total:.0%}) within +-{precision:.1%}; relative "
+                f"half-width min/median/max {h.min():.2%} / {h.median():.2%} / {h.max():.2%}"
+            )
+    return "\n".join(lines)
