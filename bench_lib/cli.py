@@ -126,6 +126,8 @@ def cmd_precision(args: argparse.Namespace) -> int:
 
     if len(args.reports) < 2:
         raise UserError("precision needs at least two reports (repeat runs of the same cases)")
+    if not args.target > 0:
+        raise UserError(f"--target must be > 0, got {args.target}")
     frames = load_results(args.reports[:1]), *(load_results([p]) for p in args.reports[1:])
     _write(render(frames, [Path(p).name for p in args.reports], args.target), args.out)
     return 0

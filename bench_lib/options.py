@@ -84,16 +84,16 @@ OPTIONS: tuple[Option, ...] = (
         "max-processes",
         "",
         "adaptive effort: at most this many worker processes per group, added one at a time until "
-        "the precision target is met or the group budget spent (0: no adaptation; default: the "
+        "the interval target (--bench-ci-target) is met or the group budget spent (0: no adaptation; default: the "
         "profile's, or [tool.bench_lib] max_processes)",
         "--max-processes",
     ),
     Option(
-        "precision",
+        "ci-target",
         "",
-        "adaptive effort's target: every ratio's 95 percent interval within +- this fraction of the ratio, "
-        "e.g. 0.01 = +-1 percent (default: the profile's, or [tool.bench_lib] precision)",
-        "--precision",
+        "adaptive effort's target: every ratio's 95 percent confidence interval within +- this fraction "
+        "of the ratio, e.g. 0.01 = +-1 percent (default: the profile's, or [tool.bench_lib] ci_target)",
+        "--ci-target",
     ),
     Option(
         "group-budget",

@@ -78,7 +78,7 @@ class RunConfig:
         dtypes: str | None = None,
         compile: str | bool | None = None,
         max_processes: str | None = None,
-        precision: str | None = None,
+        ci_target: str | None = None,
         group_budget: str | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
@@ -88,7 +88,7 @@ class RunConfig:
         if start_method not in START_METHODS:
             raise UserError(f"unknown start method {start_method!r} (known: {', '.join(START_METHODS)})")
         chosen = get_profile(profile)
-        chosen = _with_effort(chosen, processes, max_processes, precision, group_budget)
+        chosen = _with_effort(chosen, processes, max_processes, ci_target, group_budget)
         if batch_sizes is not None and batch_sizes.strip():
             sizes = [_parse_count(b.strip(), "batch sizes") for b in batch_sizes.split(",") if b.strip()]
             chosen = replace(chosen, batch_sizes=tuple(dict.fromkeys(sizes)))
@@ -148,26 +148,32 @@ def _with_effort(
     profile: Profile,
     processes: str | None,
     max_processes: str | None,
-    precision: str | None,
+    ci_target: str | None,
     group_budget: str | None,
     pyproject: Path = Path("pyproject.toml"),
 ) -> Profile:
     """`profile` with the effort the options ask for: each given option, else the same key of
-    `[tool.bench_lib]` in `pyproject` (`max_processes`, `precision`, `group_budget_s`), else the
+    `[tool.bench_lib]` in `pyproject` (`max_processes`, `ci_target`, `group_budget_s`), else the
     profile's. `processes` alone (without `max_processes`) fixes the number of processes."""
     table = _tool_table(pyproject)
-    given = {k: v.strip() for k, v in (("max_processes", max_processes), ("precision", precision),
+    given = {k: v.strip() for k, v in (("max_processes", max_processes), ("ci_target", ci_target),
              ("group_budget_s", group_budget)) if v is not None and v.strip()}  # fmt: skip
-    configured = {k: str(table[k]) for k in ("max_processes", "precision", "group_budget_s") if k in table}
+    configured = {k: str(table[k]) for k in ("max_processes", "ci_target", "group_budget_s") if k in table}
+    fixed = processes is not None and processes.strip() != "" and "max_processes" not in given
+    if fixed:  # --bench-processes alone: exactly that many, whatever pyproject.toml says
+        configured.pop("max_processes", None)
     values = configured | given
     if processes is not None and processes.strip():
-        profile = replace(profile, processes=_parse_count(processes, "processes", minimum=0))
-        if "max_processes" not in given:
-            profile = replace(profile, max_processes=0)
+        profile = replace(profile, processes=_parse_count(processes, "processes", minimum=0), max_processes=0)
     if "max_processes" in values:
-        profile = replace(profile, max_processes=_parse_count(values["max_processes"], "max_processes", 0))
-    if "precision" in values:
-        profile = replace(profile, precision=_parse_number(values["precision"], "precision"))
+        maximum = _parse_count(values["max_processes"], "max_processes", 0)
+        if (
+            "max_processes" not in given and maximum
+        ):  # pyproject's, for every profile: never below one's minimum
+            maximum = max(maximum, profile.processes)
+        profile = replace(profile, max_processes=maximum)
+    if "ci_target" in values:
+        profile = replace(profile, ci_target=_parse_number(values["ci_target"], "ci_target"))
     if "group_budget_s" in values:
         profile = replace(
             profile, group_budget_s=_parse_number(values["group_budget_s"], "group budget", allow_zero=True)
@@ -361,7 +367,7 @@ class BenchSession:
                 self._groups[group] = {c: CaseResult(c, OOM, why) for c in cases}
             else:
                 suite = SUITES[group.suite]
-                pooled, stop_reason = run_group(
+                pooled, stop_reason, processes = run_group(
                     self._request(group, cases),
                     {c.variant: c for c in cases},
                     self.effort,
@@ -371,8 +377,9 @@ class BenchSession:
                 if any(r.status == OOM for r in pooled.values()):
                     self._oom_batch[where] = min(group.batch_size, limit or group.batch_size)
                 by_case = {r.case: r for r in pooled.values()}
+                effort = {"stop_reason": stop_reason, "processes": processes}  # on every row of the group
                 self._groups[group] = {
-                    c: replace(r, metrics={**r.metrics, "stop_reason": stop_reason}) if r.samples else r
+                    c: replace(r, metrics={**r.metrics, **effort})
                     for c, r in suite.add_ratios(by_case).items()
                 }
         result = self._groups[group][case]
@@ -382,7 +389,7 @@ class BenchSession:
     @property
     def effort(self) -> Effort:
         p = self.config.profile
-        return Effort(p.processes, p.max_processes, p.precision, p.group_budget_s)
+        return Effort(p.processes, p.max_processes, p.ci_target, p.group_budget_s)
 
     def close(self) -> Path | None:
         """Finish the report: copy it to latest.csv."""

@@ -52,17 +52,16 @@ def run(monkeypatch, workers, effort):
 
 def test_fixed_effort_runs_exactly_its_processes(monkeypatch):
     workers = FakeWorkers([0.8, 0.9, 0.7, 0.8])
-    results, reason = run(monkeypatch, workers, Effort(3))
-    assert reason == FIXED and len(workers.requests) == 3
+    results, reason, n = run(monkeypatch, workers, Effort(3))
+    assert reason == FIXED and len(workers.requests) == 3 == n
     assert set(results["no_grad"].samples.process) == {0, 1, 2}
 
 
 def test_processes_are_added_until_the_widest_interval_meets_the_target(monkeypatch):
     # per-process ratios 0.80 and 0.90 first: a wide interval; then a run of 0.85s narrows it
     workers = FakeWorkers([0.80, 0.90] + [0.85] * 20)
-    results, reason = run(monkeypatch, workers, Effort(2, max_processes=20, precision=0.02))
-    n = len(workers.requests)
-    assert reason == TARGET and 2 < n < 20
+    results, reason, n = run(monkeypatch, workers, Effort(2, max_processes=20, ci_target=0.02))
+    assert reason == TARGET and 2 < n < 20 and n == len(workers.requests)
     no_grad = CaseResult(CASES["no_grad"], samples=results["no_grad"].samples)
     # the rule it stopped on, checked by hand: the t-interval of the n per-process log ratios
     import numpy as np
@@ -79,13 +78,13 @@ def test_processes_are_added_until_the_widest_interval_meets_the_target(monkeypa
 
 def test_a_group_that_cannot_meet_the_target_stops_at_max_processes(monkeypatch):
     workers = FakeWorkers([0.7, 0.9] * 10)
-    _, reason = run(monkeypatch, workers, Effort(2, max_processes=6, precision=0.001))
+    _, reason, _ = run(monkeypatch, workers, Effort(2, max_processes=6, ci_target=0.001))
     assert reason == MAX_PROCESSES and len(workers.requests) == 6
 
 
 def test_no_process_is_started_that_would_end_after_the_budget(monkeypatch):
     workers = FakeWorkers([0.7, 0.9] * 10, seconds=3.0)
-    _, reason = run(monkeypatch, workers, Effort(2, max_processes=20, precision=0.001, budget_s=10.0))
+    _, reason, _ = run(monkeypatch, workers, Effort(2, max_processes=20, ci_target=0.001, budget_s=10.0))
     # after 3 processes 9 s are spent and a fourth would end at 12 s > 10 s
     assert reason == BUDGET and len(workers.requests) == 3 and workers.now == 9.0
 
@@ -93,7 +92,7 @@ def test_no_process_is_started_that_would_end_after_the_budget(monkeypatch):
 def test_a_group_without_ratios_stops_at_the_minimum(monkeypatch):
     workers = FakeWorkers([0.8] * 5)
     monkeypatch.setattr(runner, "_run_worker", workers)
-    _, reason = run_group(
+    _, reason, _ = run_group(
         {"profile": {}}, CASES, Effort(2, 5, 0.01), assess=lambda r: None, clock=workers.clock
     )
     assert reason == NO_RATIO and len(workers.requests) == 2
@@ -101,7 +100,7 @@ def test_a_group_without_ratios_stops_at_the_minimum(monkeypatch):
 
 def test_memory_is_traced_by_the_first_two_processes_and_calls_per_round_are_reused(monkeypatch):
     workers = FakeWorkers([0.7, 0.9] * 5)
-    run(monkeypatch, workers, Effort(2, max_processes=5, precision=0.001))
+    run(monkeypatch, workers, Effort(2, max_processes=5, ci_target=0.001))
     assert [r["memory"] for r in workers.requests] == [True, True, False, False, False]
 
 
@@ -112,3 +111,10 @@ def test_max_below_min_is_a_user_error(processes, maximum):
 
     with pytest.raises(UserError, match="max_processes"):
         RunConfig.parse("default", models="mlp", processes=str(processes), max_processes=str(maximum))
+
+
+def test_adaptive_effort_from_one_process_runs_a_second_before_judging(monkeypatch):
+    """One process has no interval; judging it would stop every group at once (as `no_ratio`)."""
+    workers = FakeWorkers([0.8, 0.9] * 5)
+    _, reason, n = run(monkeypatch, workers, Effort(1, max_processes=4, ci_target=0.001))
+    assert (reason, n) == (MAX_PROCESSES, 4)

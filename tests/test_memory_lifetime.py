@@ -101,7 +101,7 @@ def test_memory_is_traced_by_the_first_two_worker_processes_only():
     without = run_request({**request, "memory": False})
     assert "mem_peak_bytes" not in without["grad"].metrics and without["grad"].modules == ()
     assert without["grad"].metrics["mem_saved_for_backward_bytes"] > 0  # the mode check still has it
-    pooled, _ = run_group(request, cases, 3)
+    pooled, _, _ = run_group(request, cases, 3)
     grad = pooled["grad"]
     assert grad.samples.process == (0, 0, 1, 1, 2, 2)
     assert grad.metrics["mem_peak_bytes"] > 0 and grad.modules

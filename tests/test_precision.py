@@ -63,3 +63,35 @@ def test_the_command_reads_reports_and_rejects_a_single_one(tmp_path, capsys):
     assert "2 runs" in capsys.readouterr().out
     assert main(["precision", str(small)]) == 2
     assert capsys.readouterr().err.startswith("error: precision needs at least two reports")
+
+
+def test_coverage_by_hand_at_the_boundary():
+    """Run A: 0.80 +- 0.03, run B: 0.84 +- 0.04: allowed sqrt(0.03^2 + 0.04^2) = 0.05 >= 0.04
+    apart: held. Run C: 0.90 +- 0.0: 0.10 from A (allowed 0.03), 0.06 from B (allowed 0.04): missed."""
+
+    def run(value, h):
+        frame = simulated_run(np.random.default_rng(0)).iloc[:2].copy()  # mlp b1: grad, no_grad
+        frame.loc[1, ["latency_ratio_to_grad", "latency_ratio_to_grad_ci_low", "latency_ratio_to_grad_ci_high"]] = (
+            value, value - h, value + h)  # fmt: skip
+        return frame
+
+    a, b, c = run(0.80, 0.03), run(0.84, 0.04), run(0.90, 1e-12)
+    assert (
+        coverage([a, b], "latency_ratio_to_grad").held,
+        coverage([a, b], "latency_ratio_to_grad").pairs,
+    ) == (1, 1)
+    both = coverage([a, b, c], "latency_ratio_to_grad")
+    assert (both.held, both.pairs) == (1, 3) and "runs 1 and 3" in both.worst
+
+
+def test_reports_without_intervals_or_a_bad_target_are_one_line_errors(tmp_path, capsys):
+    frame = simulated_run(np.random.default_rng(0))
+    frame = frame.drop(columns=["latency_ratio_to_grad_ci_low", "latency_ratio_to_grad_ci_high"])
+    from bench_lib.analysis.precision import render
+    from bench_lib.errors import UserError
+
+    with pytest.raises(UserError, match="no confidence intervals"):
+        render([frame, frame], ["a", "b"], 0.01)
+    small = Path(__file__).parent / "data" / "small.csv"
+    assert main(["precision", str(small), str(small), "--target", "-1"]) == 2
+    assert "--target must be > 0" in capsys.readouterr().err

@@ -34,7 +34,7 @@ def ok(mode, host_ms, **metrics):
 
 
 def test_two_worker_processes_are_pooled_and_tagged():
-    results, _ = run_group(request(), cases(), 2)
+    results, _, _ = run_group(request(), cases(), 2)
     assert [r.status for r in results.values()] == ["ok", "ok"]
     grad = results["grad"].samples
     assert grad.rounds == 2 * 5 and grad.process == (0,) * 5 + (1,) * 5
@@ -42,17 +42,17 @@ def test_two_worker_processes_are_pooled_and_tagged():
 
 
 def test_spawned_workers_work_too():
-    results, _ = run_group(request(), cases(), 1, start_method="spawn")
+    results, _, _ = run_group(request(), cases(), 1, start_method="spawn")
     assert results["grad"].ok and results["grad"].samples.rounds == 5
 
 
 def test_in_process_mode_gives_the_same_shape_of_result():
-    results, _ = run_group(request(), cases(), 0)
+    results, _, _ = run_group(request(), cases(), 0)
     assert results["grad"].samples.rounds == 5 and set(results["grad"].samples.process) == {0}
 
 
 def test_a_worker_that_dies_fails_its_cases_and_the_run_goes_on():
-    results, _ = run_group(request(model="no-such-model"), cases("no-such-model"), 1)
+    results, _, _ = run_group(request(model="no-such-model"), cases("no-such-model"), 1)
     assert {r.status for r in results.values()} == {"failed"}
     assert "worker failed: UserError: unknown model 'no-such-model'" in results["grad"].error
 

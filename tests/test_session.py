@@ -50,3 +50,40 @@ def test_torch_threads_are_restored():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_effort_comes_from_options_then_pyproject_then_the_profile(tmp_path):
+    from bench_lib.records.cases import PROFILES
+    from bench_lib.session import _with_effort
+
+    default = PROFILES["default"]
+    assert _with_effort(default, None, None, None, None, tmp_path / "none.toml") == default
+    toml = tmp_path / "pyproject.toml"
+    toml.write_text("[tool.bench_lib]\nci_target = 0.005\nmax_processes = 30\ngroup_budget_s = 60\n")
+    configured = _with_effort(default, None, None, None, None, toml)
+    assert (configured.ci_target, configured.max_processes, configured.group_budget_s) == (0.005, 30, 60.0)
+    given = _with_effort(default, None, "20", "0.02", "", toml)
+    assert (given.ci_target, given.max_processes, given.group_budget_s) == (0.02, 20, 60.0)
+    fixed = _with_effort(default, "5", None, None, None, toml)
+    assert (fixed.processes, fixed.max_processes) == (5, 0)  # --bench-processes alone: exactly 5
+    assert _with_effort(default, "5", "9", None, None, toml).max_processes == 9
+    toml.write_text("[tool.bench_lib]\nmax_processes = 3\n")  # below the full profile's 5
+    assert _with_effort(PROFILES["full"], None, None, None, None, toml).max_processes == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((None, "x", None, None), "max_processes must be an integer"),
+        ((None, None, "0", None), "ci_target must be a number > 0"),
+        ((None, None, "-1", None), "ci_target must be a number > 0"),
+        ((None, None, None, "inf"), "group budget must be a number >= 0"),
+        (("6", "4", None, None), r"max_processes \(4\) is below processes \(6\)"),
+    ],
+)
+def test_bad_effort_settings_are_one_line_errors(tmp_path, args, message):
+    from bench_lib.records.cases import PROFILES
+    from bench_lib.session import _with_effort
+
+    with pytest.raises(UserError, match=message):
+        _with_effort(PROFILES["default"], *args, tmp_path / "none.toml")

@@ -90,6 +90,24 @@ def test_an_interval_needs_two_processes_and_matches_scipy():
     one = median_estimate({0: (1.0, 2.0, 3.0)})
     assert one.value == 2.0 and one.low is None and one.n == 1
     two = median_estimate({0: (1.0, 1.0), 1: (4.0, 4.0)})  # medians 1 and 4, pooled median 2.5
-    # logs 0 and ln 4: sd ln4 / sqrt(2), so h = t(0.975, 1) * (ln4 / sqrt(2)) / sqrt(2)
+    # logs 0 and ln 4: mean ln 2 (geometric mean 2), sd ln4 / sqrt(2), h = t(0.975, 1) * ln4 / 2;
+    # the interval 2 x exp(+-h) already contains the pooled 2.5
     h = stats.t.ppf(0.975, 1) * np.log(4) / 2
-    assert two.value == 2.5 and (two.low, two.high) == pytest.approx((2.5 * np.exp(-h), 2.5 * np.exp(h)))
+    assert two.value == 2.5 and (two.low, two.high) == pytest.approx((2 * np.exp(-h), 2 * np.exp(h)))
+
+
+def test_a_zero_median_gives_no_interval_rather_than_nan():
+    from bench_lib.records.stats import median_estimate, paired_ratio
+
+    zero = paired_ratio({0: (0.0,), 1: (1.0,)}, {0: (1.0,), 1: (1.0,)})
+    assert zero.low is None and zero.value == 0.5
+    assert median_estimate({0: (0.0, 0.0), 1: (1.0, 1.0)}).low is None
+
+
+def test_the_median_interval_contains_the_pooled_median_even_off_centre():
+    from bench_lib.records.stats import median_estimate
+
+    # the first process has many rounds at 1.0, the others few at 2.0: pooled median 1.0, but
+    # the per-process medians' geometric mean is 2^(2/3) = 1.587
+    m = median_estimate({0: (1.0,) * 20, 1: (2.0, 2.0), 2: (2.0, 2.1)})
+    assert m.value == 1.0 and m.low <= 1.0 <= m.high

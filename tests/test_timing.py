@@ -261,3 +261,10 @@ def test_later_processes_time_about_process_timing_s_of_rounds_but_at_least_min_
     assert with_rounds({"profile": tight}, first)["profile"]["finetune_rounds"] == 2  # min_rounds
     off = {"profile": profile | {"process_timing_s": 0.0}}
     assert with_rounds(off, first) is off
+
+
+def test_rounds_are_left_alone_when_the_round_time_is_zero():
+    case = Case("inference", "mlp", "cpu", "grad", 1)
+    zero = {"grad": CaseResult(case, samples=Samples(iterations=1, host_ms=(0.0, 0.0)))}
+    request = {"profile": {"rounds": 30, "process_timing_s": 1.5, "min_rounds": 5}}
+    assert with_rounds(request, zero) is request

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS
 
 RATIOS = ("latency_ratio_to_grad", "latency_ratio_to_full")
@@ -87,6 +88,12 @@ def target_share(frame: pd.DataFrame, precision: float) -> tuple[int, int]:
 
 
 def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: float) -> str:
+    """The coverage of every figure and each run's share within target; `UserError` when the
+    reports hold no interval at all (schema 4 or older, or runs of one process per group)."""
+    if all(figure_rows(f, figure).empty for f in frames for figure in FIGURES):
+        raise UserError(
+            "these reports hold no confidence intervals (older than schema 5, or one process per group)"
+        )
     lines = [f"{len(frames)} runs: " + ", ".join(names)]
     for figure in FIGURES:
         c = coverage(frames, figure)

@@ -461,6 +461,8 @@ def _latency(label: str, base: list[float], cand: list[float], rules: Rules) -> 
     b, c = float(np.median(base)), float(np.median(cand))
     change = c / b - 1
     low, high = change_interval(base, cand)
+    if low is not None and high is not None:  # around the mean log change; shown with the median's
+        low, high = min(low, change), max(high, change)
     common = dict(baseline=b, candidate=c, change=change, change_low=low, change_high=high)
     n, m = len(base), len(cand)
     if min(n, m) < rules.min_samples or min_p_value(n, m) >= rules.alpha:

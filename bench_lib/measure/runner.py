@@ -31,13 +31,13 @@ class Effort:
 
     With `max_processes` above `processes`, effort is adaptive: after the first `processes`,
     another is added while the widest ratio interval of the group (relative half-width, see
-    `stats.Estimate`) is wider than `precision` and another process is expected to end within
+    `stats.Estimate`) is wider than `ci_target` and another process is expected to end within
     `budget_s` seconds of the group's start (0: no budget). Otherwise exactly `processes`.
     """
 
     processes: int
     max_processes: int = 0
-    precision: float = 0.0
+    ci_target: float = 0.0
     budget_s: float = 0.0
 
     @property
@@ -57,10 +57,11 @@ def run_group(
     start_method: str = "forkserver",
     assess: Assess | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> tuple[dict[str, CaseResult], str]:
+) -> tuple[dict[str, CaseResult], str, int]:
     """Measure a group in fresh worker processes, one after the other, and pool them; return the
-    pooled results by variant and why it stopped adding processes (`Effort`; `assess` judges
-    the pooled results after each process once the minimum has run).
+    pooled results by variant, why it stopped adding processes (`Effort`; `assess` judges the
+    pooled results after each process once the minimum, and at least two, have run) and how
+    many processes ran (0: measured in this process).
 
     The first process that measures calibrates the calls per round (unless the profile fixes
     them); the following ones reuse its figure, so that their samples pool. Memory is traced by
@@ -71,7 +72,7 @@ def run_group(
     """
     effort = Effort(effort) if isinstance(effort, int) else effort
     if effort.processes == 0:
-        return run_request(request), FIXED
+        return run_request(request), FIXED, 0
     start = clock()
     parts: list[dict[str, CaseResult]] = []
     durations: list[float] = []
@@ -81,21 +82,22 @@ def run_group(
         parts.append(_run_worker({**request, "memory": len(parts) < 2}, cases, start_method))
         durations.append(clock() - began)
         request = with_rounds(with_iterations(request, parts[-1]), parts[-1])
-        if len(parts) < effort.processes:
-            continue
+        if len(parts) < effort.processes or (effort.adaptive and len(parts) < 2):
+            continue  # (one process has no interval yet: adaptive effort judges from two)
+        n = len(parts)
         if not effort.adaptive:
-            return pool(parts), FIXED
+            return pool(parts), FIXED, n
         pooled = pool(parts)
         widest = assess(pooled) if assess is not None else None
         if widest is None:
-            return pooled, NO_RATIO
-        if widest <= effort.precision:
-            return pooled, TARGET
-        if len(parts) >= limit:
-            return pooled, MAX_PROCESSES
+            return pooled, NO_RATIO, n
+        if widest <= effort.ci_target:
+            return pooled, TARGET, n
+        if n >= limit:
+            return pooled, MAX_PROCESSES, n
         untraced = durations[2:] or durations  # a traced process takes longer than the next will
         if effort.budget_s and clock() - start + sum(untraced) / len(untraced) > effort.budget_s:
-            return pooled, BUDGET
+            return pooled, BUDGET, n
 
 
 def with_iterations(request: Mapping[str, Any], results: Mapping[str, CaseResult]) -> Mapping[str, Any]:
@@ -122,6 +124,8 @@ def with_rounds(request: Mapping[str, Any], results: Mapping[str, CaseResult]) -
     if cap_s <= 0 or not timed:
         return request
     round_ms = sum(s.stats().median * s.iterations for s in timed)
+    if round_ms <= 0:
+        return request
     fits = max(int(cap_s * 1e3 / round_ms), profile.get("min_rounds") or 1)
     capped = {k: min(profile[k], fits) for k in ("rounds", "finetune_rounds") if k in profile}
     return {**request, "profile": {**profile, **capped}}

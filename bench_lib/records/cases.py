@@ -121,9 +121,9 @@ class Profile:
     min_round_s: float = 0.001  # shortest round when calibrating calls per round (0: no calibration)
     # Adaptive effort (`measure.runner.Effort`): from `processes` up to `max_processes` worker
     # processes per group (0: exactly `processes`), until every ratio interval of the group is
-    # within +-`precision` (relative) or `group_budget_s` is spent (0: no budget)
+    # within +-`ci_target` (relative half-width) or `group_budget_s` is spent (0: no budget)
     max_processes: int = 0
-    precision: float = 0.01
+    ci_target: float = 0.01
     group_budget_s: float = 0.0
     # After a group's first process, later ones time about this many seconds of rounds (never
     # fewer than `min_rounds`): see `measure.runner.with_rounds` (0: always the full rounds)
@@ -141,7 +141,7 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "default", (1, 32), rounds=30, warmup_rounds=5, processes=4, finetune_rounds=10,
-            finetune_warmup_rounds=3, max_processes=15, precision=0.01, group_budget_s=15,
+            finetune_warmup_rounds=3, max_processes=15, ci_target=0.01, group_budget_s=15,
             process_timing_s=1.5,
             description="the default make bench: 4 to 15 processes x 30 rounds (10 training steps) per group, "
             "until every ratio is known to +-1% or 15 s are spent",

@@ -122,15 +122,18 @@ def paired_ratio(
     if not common:
         raise ValueError("no process measured both sides")
     ratios = [ratio_of_medians(samples_by_process[p], reference_by_process[p]) for p in common]
+    if min(ratios) <= 0:  # a zero median: no geometric mean, no interval
+        return Estimate(float(np.mean(ratios)), n=len(ratios))
     logs = [float(x) for x in np.log(ratios)]
     return _estimate(float(np.exp(np.mean(logs))), logs)
 
 
 def median_estimate(samples_by_process: Mapping[int, Sequence[float]]) -> Estimate:
     """The median of every process's rounds pooled, with a 95% interval from the spread of the
-    per-process medians (a t-interval on their logs, centred on the pooled median, which lies
-    close to their geometric mean): how far another set of processes at the same moment would
-    put the median. It cannot say how much the machine itself drifts between runs minutes
+    per-process medians: a t-interval on their logs around their geometric mean, widened where
+    needed to contain the pooled median too (processes after a slow group's first time fewer
+    rounds, so the pooled median leans a little towards the first): how far another set of
+    processes at the same moment would put the median. It cannot say how much the machine itself drifts between runs minutes
     apart, which moves absolute figures more than any interval here (see README, "How precise
     are the figures")."""
     pooled = float(np.median([v for values in samples_by_process.values() for v in values]))
@@ -139,7 +142,11 @@ def median_estimate(samples_by_process: Mapping[int, Sequence[float]]) -> Estima
     medians = [float(np.median(v)) for v in samples_by_process.values()]
     if min(medians) <= 0:
         return Estimate(pooled, n=len(medians))
-    return _estimate(pooled, [float(x) for x in np.log(medians)])
+    logs = [float(x) for x in np.log(medians)]
+    around = _estimate(float(np.exp(np.mean(logs))), logs)
+    if around.low is None or around.high is None:
+        return Estimate(pooled, n=len(medians))
+    return Estimate(pooled, min(around.low, pooled), max(around.high, pooled), len(medians))
 
 
 def ratio_of_medians(samples_ms: Sequence[float], reference_ms: Sequence[float]) -> float:
