@@ -200,8 +200,10 @@ def letters(comparison: Comparison) -> list[str]:
 
 def view(comparison: Comparison) -> pd.DataFrame:
     """The comparison formatted for people (strings), reports named by `letters`: each report's
-    figure (with its interval), then each later report's ratio to the first (`B / A`), marked
-    "non-overlapping intervals" or "overlapping intervals" where both reports have intervals."""
+    figure (with its interval), then each later report's ratio to the first (`B/A`), marked
+    "non-overlapping intervals" or "overlapping intervals" where both reports have intervals.
+    The latency ratios (to grad, to full) are not divided again: the later report's ratio
+    itself carries the mark."""
     from bench_lib.analysis.report import format_bytes, format_ms_estimate
 
     table = comparison.table
@@ -222,7 +224,13 @@ def view(comparison: Comparison) -> pd.DataFrame:
                 shown = [format_ms_estimate(e) for e in estimates]
             else:
                 shown = [format_estimate(e) for e in estimates]
+            if metric.startswith("latency_ratio") and name != names[0]:
+                # a ratio's change is read on the ratio itself, not as a ratio of ratios
+                overlap = table.get(f"{metric} overlap [{label}]", pd.Series(pd.NA, index=table.index))
+                shown = [t + (f" ({overlap_text(o)})" if overlap_text(o) else "") for t, o in zip(shown, overlap, strict=True)]  # fmt: skip
             out[f"{short} {name}"] = shown
+        if metric.startswith("latency_ratio"):
+            continue
         for label, name in zip(comparison.labels[1:], names[1:], strict=True):
             ratio = table[f"{metric} ratio [{label}]"]
             overlap = table.get(f"{metric} overlap [{label}]", pd.Series(pd.NA, index=table.index))

@@ -270,16 +270,21 @@ def machine_ratios(table: pd.DataFrame, labels: Sequence[str]) -> dict[tuple[str
             for j, (label, r) in enumerate(zip(labels[1:], ratios, strict=True)):
                 colour = OKABE_ITO[j % (len(OKABE_ITO) - 1)]
                 overlap = group.get(f"{column} overlap [{label}]")
-                named = False
                 for i, value in enumerate(group[r]):
                     if pd.isna(value):
                         continue
                     state = None if overlap is None else overlap.iloc[i]
                     marker = "x" if state is None or pd.isna(state) else "o"
                     face = "white" if marker == "o" and bool(state) else colour
-                    ax.plot(float(value), i, marker=marker, color=colour, markerfacecolor=face, markersize=6, linestyle="",
-                            label=None if named else label)  # fmt: skip
-                    named = True
+                    ax.plot(
+                        float(value),
+                        i,
+                        marker=marker,
+                        color=colour,
+                        markerfacecolor=face,
+                        markersize=6,
+                        linestyle="",
+                    )
             _log_ratio_axis(ax, (low, high))
             ax.set_yticks(range(len(names)), names)
             ax.set_ylim(len(names) - 0.5, -0.5)
@@ -291,8 +296,13 @@ def machine_ratios(table: pd.DataFrame, labels: Sequence[str]) -> dict[tuple[str
                 Line2D([], [], marker="o", color="#555555", markerfacecolor="white", linestyle="", label="intervals overlap"),
                 Line2D([], [], marker="x", color="#555555", linestyle="", label="no interval"),
             ]  # fmt: skip
-            machines, machine_names = ax.get_legend_handles_labels()
-            fig.legend(handles=[*machines, *key], labels=machine_names + [h.get_label() for h in key],
+            machines = [
+                Line2D(
+                    [], [], marker="o", color=OKABE_ITO[j % (len(OKABE_ITO) - 1)], linestyle="", label=label
+                )
+                for j, label in enumerate(labels[1:])
+            ]
+            fig.legend(handles=[*machines, *key], labels=[h.get_label() for h in [*machines, *key]],
                        loc="outside lower center", frameon=False, fontsize=7, ncol=3)  # fmt: skip
             out[(model, f"compare {model}")] = _png(fig)
     return out
