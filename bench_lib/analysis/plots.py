@@ -100,7 +100,7 @@ def _forest(ax: Axes, labels: list[str], estimates: list[Estimate], colours: lis
     """Dot-and-whisker rows on a log axis with 1.0 marked: filled where the interval excludes 1.0
     (a measurable difference), hollow where it contains it, grey crosses without an interval."""
     y = list(range(len(labels)))
-    ax.axvline(1.0, color="#000000", linewidth=1, zorder=1)
+    ax.axvline(1.0, color="#000000", linewidth=1, zorder=1.8)  # above the grid
     for i, (e, colour) in enumerate(zip(estimates, colours, strict=True)):
         if e.value is None:
             continue
@@ -266,7 +266,7 @@ def machine_ratios(table: pd.DataFrame, labels: Sequence[str]) -> dict[tuple[str
                 for s, b, m, o, st, c in zip(group["suite"], group["batch_size"], group["mode"], group["optimizer"], group["strategy"], group["compile"], strict=True)
             ]  # fmt: skip
             fig, ax = plt.subplots(figsize=(7.5, ROW_INCHES * len(names) + 1.6), layout="constrained")
-            ax.axvline(1.0, color="#000000", linewidth=1)
+            ax.axvline(1.0, color="#000000", linewidth=1, zorder=1.8)  # above the grid
             for j, (label, r) in enumerate(zip(labels[1:], ratios, strict=True)):
                 colour = OKABE_ITO[j % (len(OKABE_ITO) - 1)]
                 overlap = group.get(f"{column} overlap [{label}]")
