@@ -515,6 +515,9 @@ def _findings_html(frame: pd.DataFrame) -> str:
     return "".join(body) + "</div>"
 
 
+BEST = "(best)"  # the key of a model's best fine-tuning cells among its views
+
+
 def render_html(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str:
     """One self-contained page: Findings first, then each section; the model sections (tables
     and figures per model) collapse, and a contents list links them."""
@@ -525,22 +528,32 @@ def render_html(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str
         "Fine-tuning": plots.finetune_ratios(frame),
         WHERE: plots.where_memory_goes(where_memory_goes_table(modules)),
     }
-    best = {"Fine-tuning": finetune_best(frame)}
     parts = [html.Section("Findings", _findings_html(frame))]
+    per_model: dict[str, dict[str, pd.DataFrame]] = {}  # model -> title -> view of that model alone
+
+    def model_view(model: str, title: str) -> pd.DataFrame:
+        # each model's table computed from its rows alone, so its memory unit fits its figures
+        if model not in per_model:
+            mine = None if modules is None else modules[modules["model"] == model]
+            found = sections(frame[frame["model"] == model], mine)
+            per_model[model] = {t: v for t, _, v in found}
+            per_model[model][BEST] = finetune_best(frame[frame["model"] == model])
+        return per_model[model].get(title, pd.DataFrame())
+
     for title, text, view in sections(frame, modules):
         body = f'<p class="note">{html.esc(text)}</p>'
         shown = figures.get(title, {})
-        marks = best.get(title)
         if "model" in (view.index.names or []):
             section = html.Section(title, "")
             for model in dict.fromkeys(view.index.get_level_values("model")):
-                rows = view.index.get_level_values("model") == model
                 inner = "".join(html.figure(png, alt) for (m, alt), png in shown.items() if m == model)
-                part, constant = html.split_constant_levels(view[rows])
+                mine = model_view(model, title)
+                marks = model_view(model, BEST) if title == "Fine-tuning" else None
+                part, constant = html.split_constant_levels(mine)
                 keep = [
                     c for c in part.columns if not part[c].isin(["-", ""]).all()
                 ]  # e.g. other models' strategies
-                inner += html.table(part[keep], None if marks is None else marks[rows][keep])
+                inner += html.table(part[keep], None if marks is None else marks[keep])
                 id_ = html.anchor(title, model)
                 body += html.collapsible(id_, ", ".join(constant) if constant else model, inner)
                 section.children.append((id_, model))
