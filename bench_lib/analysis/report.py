@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -11,6 +11,9 @@ from bench_lib.analysis.intervals import Estimate, format_estimate, format_ratio
 from bench_lib.measure.telemetry import SLOWDOWNS
 from bench_lib.records.cases import MODE_NAMES, REFERENCE_MODE, Case
 from bench_lib.records.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
+
+if TYPE_CHECKING:
+    from bench_lib.analysis.findings import Finding
 
 
 def format_bytes(n: float | None) -> str:
@@ -293,8 +296,11 @@ def ordered_strategies(strategies: pd.Series | list[str]) -> list[str]:
 def where_memory_goes_view(modules: pd.DataFrame | None) -> pd.DataFrame:
     """ "Where the memory goes", formatted for people (strings; the unit in the headers)."""
     table = where_memory_goes_table(modules)
-    if table.empty:
-        return table
+    return table if table.empty else _where_view(table)
+
+
+def _where_view(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.dropna(axis=1, how="all")
     unit = byte_unit(table)
     out = table.map(lambda n: format_bytes_in(n, unit))
     out.columns = [f"{c} ({unit[0]})" for c in out.columns]
@@ -487,7 +493,7 @@ def render_markdown(frame: pd.DataFrame, modules: pd.DataFrame | None = None) ->
     return "\n".join(parts)
 
 
-def _finding_html(f: Any) -> str:
+def _finding_html(f: Finding) -> str:
     from bench_lib.analysis.html import esc, mark_no_difference
 
     items = "".join(f"<li>{mark_no_difference(item)}</li>" for item in f.items)
@@ -523,10 +529,11 @@ def render_html(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str
     and figures per model) collapse, and a contents list links them."""
     from bench_lib.analysis import html, plots
 
+    where = where_memory_goes_table(modules)
     figures = {
         "Inference": plots.inference_ratios(frame),
         "Fine-tuning": plots.finetune_ratios(frame),
-        WHERE: plots.where_memory_goes(where_memory_goes_table(modules)),
+        WHERE: plots.where_memory_goes(where),
     }
     parts = [html.Section("Findings", _findings_html(frame))]
     per_model: dict[str, dict[str, pd.DataFrame]] = {}  # model -> title -> view of that model alone
@@ -534,10 +541,14 @@ def render_html(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str
     def model_view(model: str, title: str) -> pd.DataFrame:
         # each model's table computed from its rows alone, so its memory unit fits its figures
         if model not in per_model:
-            mine = None if modules is None else modules[modules["model"] == model]
-            found = sections(frame[frame["model"] == model], mine)
-            per_model[model] = {t: v for t, _, v in found}
-            per_model[model][BEST] = finetune_best(frame[frame["model"] == model])
+            from bench_lib.suites import SUITES
+
+            mine = frame[frame["model"] == model]
+            views = {t: v for suite in SUITES.values() for t, _, v in suite.report_sections(mine)}
+            if not where.empty and model in where.index.get_level_values("model"):
+                views[WHERE] = _where_view(where[where.index.get_level_values("model") == model])
+            views[BEST] = finetune_best(mine)
+            per_model[model] = views
         return per_model[model].get(title, pd.DataFrame())
 
     for title, text, view in sections(frame, modules):
