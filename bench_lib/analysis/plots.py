@@ -258,6 +258,7 @@ def where_memory_goes(table: pd.DataFrame) -> dict[tuple[str, str], bytes]:
             shares = shares[shares.index != "(total)"].astype(float).dropna(axis=1, how="all").fillna(0) / MIB
             fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(shares.columns) + 1.2))
             shares.T.iloc[::-1].plot.barh(ax=ax, stacked=True, width=0.7)
+            ax.set_xlim(0, shares.sum().max() * 1.04 or 1)  # the longest bar whole, not cut at the edge
             ax.set_title(f"{subject_of(model, device, dtype)}, batch {batch}: which block holds the memory")
             ax.set_xlabel("MiB, by block")
             ax.set_ylabel("")
