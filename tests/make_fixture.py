@@ -18,8 +18,12 @@ RUN = {"schema_version": SCHEMA_VERSION, "run_id": "20260101T000000Z_0123456789a
        "timestamp_utc": "2026-01-01T00:00:00+00:00", "profile": "default"}  # fmt: skip
 
 
-def latency(median, iqr=0.01, rounds=500):
-    return {
+def latency(median, iqr=0.01, rounds=500, median_ci=None, processes=1):
+    """`median_ci`: the half-width of the median's 95% interval (None: one process, no interval)."""
+    interval = {} if median_ci is None else {
+        "latency_ms_median_ci_low": median - median_ci, "latency_ms_median_ci_high": median + median_ci,
+    }  # fmt: skip
+    return interval | {"processes": processes, "stop_reason": "target" if processes > 1 else "fixed"} | {
         "latency_ms_median": median, "latency_ms_mean": median * 1.01, "latency_ms_min": median * 0.95,
         "latency_ms_p90": median * 1.05, "latency_ms_p99": median * 1.2, "latency_ms_iqr": iqr,
         "latency_ms_stddev": iqr, "host_latency_ms_median": median, "rounds": rounds, "iterations": 2,
@@ -27,18 +31,26 @@ def latency(median, iqr=0.01, rounds=500):
     }  # fmt: skip
 
 
-def inference(model, mode, median, peak, saved, ratio, **kw):
+def ratio_interval(column, ratio, ci):
+    """`ci`: (low, high) of the ratio's 95% interval, or None."""
+    return {} if ci is None else {f"{column}_ci_low": ci[0], f"{column}_ci_high": ci[1]}
+
+
+def inference(model, mode, median, peak, saved, ratio, ratio_ci=None, **kw):
     case = {"suite": "inference", "model": model, "device": "cpu", "mode": mode, "batch_size": 32,
             "dtype": "float32", "status": "ok"}  # fmt: skip
-    return RUN | case | latency(median, **kw) | ENV | {
+    return RUN | case | latency(median, **kw) | ENV | ratio_interval("latency_ratio_to_grad", ratio, ratio_ci) | {
         "latency_ratio_to_grad": ratio, "mem_peak_bytes": peak, "mem_saved_for_backward_bytes": saved,
     }  # fmt: skip
 
 
-def finetune(strategy, median, ratio, grads, opt, act, frozen):
+def finetune(strategy, median, ratio, grads, opt, act, frozen, ratio_ci=None, median_ci=None):
     case = {"suite": "finetune", "model": "mlp", "device": "cpu", "batch_size": 32, "dtype": "float32",
             "strategy": strategy, "optimizer": "adamw", "status": "ok"}  # fmt: skip
-    return RUN | case | latency(median) | ENV | {
+    processes = 1 if median_ci is None else 4
+    return RUN | case | latency(median, median_ci=median_ci, processes=processes) | ENV | ratio_interval(
+        "latency_ratio_to_full", ratio, ratio_ci
+    ) | {
         "latency_ratio_to_full": ratio, "mem_params_bytes": 2648104, "mem_grads_bytes": grads,
         "mem_optimizer_state_bytes": opt, "mem_activations_bytes": act, "mem_peak_bytes": grads + act,
         "trainable_params": grads // 4, "total_params": 662026, "frozen_blocks": frozen,
@@ -66,10 +78,15 @@ CUDA = RUN | {"suite": "inference", "model": "mlp", "device": "cuda", "mode": "n
     "energy_j_per_item": 0.00042, "energy_method": "counter",
 }  # fmt: skip
 
+# Intervals (schema 5): the mlp ran in 3 worker processes, so its figures have 95% intervals;
+# no_grad's ratio interval contains 1.0 (no measurable difference), inference_mode's does not.
+# The transformer ran in one process: no interval, so no claim either way.
 ROWS = [
-    inference("mlp", "grad", 0.5, 262144, 229376, 1.0),
-    inference("mlp", "no_grad", 0.49, 196608, 0, 0.98),
-    inference("mlp", "inference_mode", 0.48, 196608, 0, 0.96, iqr=0.1),
+    inference("mlp", "grad", 0.5, 262144, 229376, 1.0, median_ci=0.004, processes=3),
+    inference("mlp", "no_grad", 0.49, 196608, 0, 0.98, (0.95, 1.01), median_ci=0.006, processes=3),
+    inference(
+        "mlp", "inference_mode", 0.48, 196608, 0, 0.96, (0.94, 0.98), iqr=0.1, median_ci=0.005, processes=3
+    ),
     inference("transformer", "grad", 8.0, 12124160, 10575872, 1.0, rounds=50),
     RUN
     | {
@@ -83,8 +100,8 @@ ROWS = [
         "error": "no_grad: output has a grad_fn",
     }
     | ENV,
-    finetune("full", 2.9, 1.0, 2648104, 5296240, 230912, 0),
-    finetune("frozen_3", 0.95, 0.33, 20520, 41048, 67072, 3),
+    finetune("full", 2.9, 1.0, 2648104, 5296240, 230912, 0, median_ci=0.03),
+    finetune("frozen_3", 0.95, 0.33, 20520, 41048, 67072, 3, (0.32, 0.34), median_ci=0.01),
     *RULER,
     CUDA,
 ]

@@ -64,7 +64,11 @@ def test_suite_writes_a_valid_report_with_every_case(two_runs):
     samples = pd.read_csv(out / "latest.samples.csv")
     finetune = report[report["suite"] == "finetune"]
     assert len(samples) == (len(frame) + len(ruler)) * 5 + len(finetune) * 3  # tiny: 5 and 3 rounds
-    assert "bench_lib summary" in proc.stdout and "inference x" in proc.stdout
+    assert (
+        "bench_lib summary" in proc.stdout
+        and "inference / grad" in proc.stdout
+        and "Findings:" in proc.stdout
+    )
 
 
 def test_memory_columns_are_identical_between_runs(two_runs):

@@ -1,5 +1,6 @@
 """`python -m bench_lib report | compare`: renderers, the join, and every bad input."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench_lib.analysis.compare import compare
+from bench_lib.analysis.compare import compare, summary, view
 from bench_lib.analysis.report import noise_view, render_markdown, where_memory_goes_table
 from bench_lib.cli import load_results, main
 from bench_lib.errors import UserError
@@ -39,23 +40,35 @@ def test_noise_section_flags_spread_few_rounds_and_failures():
     ]
 
 
-def test_html_report_has_every_section_and_embedded_plots(tmp_path, capsys):
+def test_html_report_has_findings_first_every_section_and_embedded_plots(tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["report", str(SMALL), "--format", "html", "--out", str(out)]) == 0
     page = out.read_text()
-    for section in (
+    titles = [
+        "Findings",
         "Environment",
         "Inference",
         "Fine-tuning",
         "Where the memory goes",
         "GPU",
         "Noise and failures",
-    ):
-        assert f"<h2>{section}</h2>" in page
-    # latency and memory per model, device and dtype (mlp cpu, mlp cuda bf16, transformer cpu); finetune;
-    # where the memory goes (mlp cpu batch 32, from small.modules.csv beside the report)
-    assert page.count('src="data:image/png;base64,') == 3 + 3 + 1 + 1
-    assert "http" not in page.replace("http-equiv", "")  # self-contained
+    ]
+    positions = [page.index(f"<h2>{title}</h2>") for title in titles]
+    assert positions == sorted(positions)  # Findings first
+    # every contents link has its target: sections and the collapsible model sections
+    for target in re.findall(r'href="#([^"]+)"', page):
+        assert f'id="{target}"' in page, target
+    assert '<details id="inference-mlp" open>' in page and 'href="#fine-tuning-mlp"' in page
+    # forest plots of the ratios with memory (mlp cpu, mlp cuda bf16; the transformer has no ratio
+    # but grad's), fine-tuning (mlp cpu), where the memory goes (mlp cpu batch 32, small.modules.csv)
+    assert page.count('src="data:image/png;base64,') == 2 + 1 + 1
+    assert "http" not in page and "<script" not in page  # self-contained and offline
+    # the interval rule in the tables: no_grad's interval contains 1.0, inference_mode's does not
+    assert '0.980 ±0.030<span class="tag">no measurable difference</span>' in page
+    assert "0.960 ±0.020</td>" in page
+    # the best fine-tuning cells (shortest step, smallest total) are marked
+    assert '<td class="num best">0.950 ±0.010</td>' in page and '<td class="num best">2.65</td>' in page
+    assert "<th>grad peak (MiB)</th>" in page  # units in the headers
 
 
 def test_console_report_defaults_to_latest(tmp_path, monkeypatch, capsys):
@@ -71,7 +84,8 @@ def test_console_report_defaults_to_latest(tmp_path, monkeypatch, capsys):
 def other_machine(tmp_path, speed=2.0, drop_model=None, add_row=False):
     frame = read_report(SMALL)
     frame["cpu_model"] = "Other CPU"
-    frame["latency_ms_median"] = frame["latency_ms_median"] * speed
+    for column in ("latency_ms_median", "latency_ms_median_ci_low", "latency_ms_median_ci_high"):
+        frame[column] = frame[column] * speed
     if drop_model:
         frame = frame[frame["model"] != drop_model]
     if add_row:
@@ -98,7 +112,27 @@ def test_compare_joins_on_the_case_key_and_lists_one_sided_cases(tmp_path):
 def test_compare_formats(tmp_path, capsys, fmt):
     assert main(["compare", str(SMALL), str(other_machine(tmp_path)), "--format", fmt]) == 0
     out = capsys.readouterr().out
-    assert "latency_ms_median" in out and "Other CPU" in out
+    assert ("latency_ms_median" if fmt == "csv" else "median ms A") in out and "Other CPU" in out
+
+
+def test_compare_marks_changes_whose_intervals_do_not_overlap(tmp_path):
+    """Twice as slow: the mlp's intervals (3 processes) move apart; the transformer ran in one
+    process, so its change is not marked either way."""
+    result = compare([read_report(SMALL), read_report(other_machine(tmp_path, speed=2.0))])
+    table = result.table.set_index(["model", "device", "mode", "strategy"])
+    label = "Other CPU / torch 2.13.0+cpu"
+    overlap = table[f"latency_ms_median overlap [{label}]"]
+    assert not overlap[("mlp", "cpu", "grad", "")] and not overlap[("mlp", "cpu", "", "frozen_3")]
+    assert pd.isna(overlap[("transformer", "cpu", "grad", "")])
+    shown = view(result).set_index(["model", "device", "mode", "strategy"])["median ms B/A"]
+    assert shown[("mlp", "cpu", "grad", "")] == "2.000 (non-overlapping intervals)"
+    assert shown[("transformer", "cpu", "grad", "")] == "2.000"  # no interval: no claim
+    # the input that must fail the mark: a change inside the noise overlaps
+    close = compare([read_report(SMALL), read_report(other_machine(tmp_path, speed=1.005))])
+    shown = view(close).set_index(["model", "device", "mode", "strategy"])["median ms B/A"]
+    assert shown[("mlp", "cpu", "grad", "")] == "1.005 (overlapping intervals)"
+    assert "5 of 5 cases with intervals in both have non-overlapping intervals" in summary(result)[0]
+    assert "0 of 5 cases with intervals in both have non-overlapping intervals" in summary(close)[0]
 
 
 def test_same_machine_twice_is_told_apart_by_run():

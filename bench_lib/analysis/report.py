@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import math
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from bench_lib.analysis.intervals import Estimate, format_estimate, format_ratio, intervals_overlap
 from bench_lib.measure.telemetry import SLOWDOWNS
 from bench_lib.records.cases import MODE_NAMES, REFERENCE_MODE, Case
 from bench_lib.records.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
+
+if TYPE_CHECKING:
+    from bench_lib.analysis.findings import Finding
 
 
 def format_bytes(n: float | None) -> str:
@@ -27,17 +30,72 @@ def format_bytes(n: float | None) -> str:
 def format_ms(ms: float | None) -> str:
     if ms is None or ms is pd.NA or (isinstance(ms, float) and math.isnan(ms)):
         return "-"
-    return f"{ms:.4f}" if ms < 0.1 else f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
+    return f"{ms:.{_ms_digits(ms)}f}"
+
+
+def _ms_digits(ms: float) -> int:
+    return 4 if ms < 0.1 else 3 if ms < 10 else 1
+
+
+def format_ms_estimate(e: Estimate) -> str:
+    """A median in ms with its interval: "8.000 ±0.120" (digits as `format_ms`)."""
+    return "-" if e.value is None else format_estimate(e, _ms_digits(e.value))
+
+
+BYTE_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
+
+
+def byte_unit(values: pd.DataFrame | pd.Series) -> tuple[str, int]:
+    """The one unit (name, bytes) a table's memory columns are shown in: the largest that keeps
+    its largest figure at 1 or more."""
+    numbers = pd.to_numeric(pd.Series(values.to_numpy().ravel()), errors="coerce").abs()
+    top = numbers.max() if numbers.notna().any() else 0
+    return next(((name, size) for name, size in BYTE_UNITS if top >= size), ("B", 1))
+
+
+def format_bytes_in(n: float | None, unit: tuple[str, int]) -> str:
+    """Bytes in a fixed unit with two decimals ("11.56"); "<0.01" for a figure that would show
+    as zero without being zero; whole bytes in B."""
+    if n is None or n is pd.NA or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    value = float(n) / unit[1]
+    if unit[1] == 1:
+        return f"{value:.0f}"
+    if value and abs(value) < 0.005:
+        return "<0.01" if value > 0 else ">-0.01"
+    return f"{value:.2f}"
+
+
+def _estimates(table: pd.DataFrame, column: str, key: object = None) -> pd.Series:
+    """A column and its interval columns of a (pivoted) table as `Estimate`s."""
+
+    def get(name: str) -> pd.Series:
+        full = name if key is None else (name, key)
+        return table[full] if full in table.columns else pd.Series(pd.NA, index=table.index)
+
+    lows, highs = get(f"{column}_ci_low"), get(f"{column}_ci_high")
+    return pd.Series(
+        [Estimate.of(v, lo, hi) for v, lo, hi in zip(get(column), lows, highs, strict=True)],
+        index=table.index,
+        dtype=object,
+    )
+
+
+INFERENCE_VALUES = [
+    "latency_ms_median", "latency_ms_median_ci_low", "latency_ms_median_ci_high", "latency_ratio_to_grad",
+    "latency_ratio_to_grad_ci_low", "latency_ratio_to_grad_ci_high", "mem_peak_bytes",
+    "mem_saved_for_backward_bytes",
+]  # fmt: skip
 
 
 def inference_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per model, device and batch size; per mode the median latency (ms), the ratio to
-    grad, the allocator peak and the bytes saved for backward. Values stay numeric."""
+    grad, their intervals, the allocator peak and the bytes saved for backward. Values stay numeric."""
     ok = frame[(frame["suite"] == "inference") & (frame["status"] == "ok")].copy()
     if ok.empty:
         return pd.DataFrame()
     ok["compile"] = ok["compile"].replace("", "eager")
-    values = ["latency_ms_median", "latency_ratio_to_grad", "mem_peak_bytes", "mem_saved_for_backward_bytes"]
+    values = [v for v in INFERENCE_VALUES if v in ok]
     table = ok.pivot_table(
         index=["model", "device", "dtype", "compile", "batch_size"],
         columns="mode",
@@ -47,32 +105,40 @@ def inference_table(frame: pd.DataFrame) -> pd.DataFrame:
     )
     modes = [m for m in MODE_NAMES if m in ok["mode"].unique()]
     table = table.reindex(columns=pd.MultiIndex.from_product([values, modes]))
+    models = {m: i for i, m in enumerate(dict.fromkeys(ok["model"]))}  # the run's order, not A-Z
+    table = table.sort_index(level="model", key=lambda level: level.map(models), sort_remaining=False)
     return table.dropna(how="all")  # dropna=False above also made index combinations never measured
 
 
+def _mode_label(mode: str) -> str:
+    return "inference" if mode == "inference_mode" else mode
+
+
 def inference_view(frame: pd.DataFrame) -> pd.DataFrame:
-    """The inference table, formatted for people (strings)."""
+    """The inference table, formatted for people (strings; units in the headers)."""
     table = inference_table(frame)
     if table.empty:
         return table
     modes = list(table.columns.get_level_values(1).unique())
     out = pd.DataFrame(index=table.index)
     for mode in modes:
-        label = "inference" if mode == "inference_mode" else mode
-        out[f"{label} ms"] = table[("latency_ms_median", mode)].map(format_ms)
+        label = _mode_label(mode)
+        out[f"{label} (ms)"] = _estimates(table, "latency_ms_median", mode).map(format_ms_estimate)
         if mode != REFERENCE_MODE:
-            out[f"{label} x"] = table[("latency_ratio_to_grad", mode)].map(_ratio)
-    for mode in modes:
-        label = "inference" if mode == "inference_mode" else mode
-        out[f"{label} peak"] = table[("mem_peak_bytes", mode)].map(format_bytes)
+            out[f"{label} / grad"] = _estimates(table, "latency_ratio_to_grad", mode).map(format_ratio)
+    memory = [("mem_peak_bytes", m) for m in modes]
     if REFERENCE_MODE in modes:
-        out["grad saved"] = table[("mem_saved_for_backward_bytes", REFERENCE_MODE)].map(format_bytes)
+        memory.append(("mem_saved_for_backward_bytes", REFERENCE_MODE))
+    unit = byte_unit(table[memory])
+    for mode in modes:
+        out[f"{_mode_label(mode)} peak ({unit[0]})"] = table[("mem_peak_bytes", mode)].map(
+            lambda n: format_bytes_in(n, unit)
+        )
+    if REFERENCE_MODE in modes:
+        saved = table[("mem_saved_for_backward_bytes", REFERENCE_MODE)]
+        out[f"grad saved for backward ({unit[0]})"] = saved.map(lambda n: format_bytes_in(n, unit))
     out.index = out.index.set_names(["model", "device", "dtype", "compile", "batch"])
     return out
-
-
-def _ratio(r: float | None) -> str:
-    return "-" if r is None or pd.isna(r) else f"{r:.3f}"
 
 
 FINETUNE_MEMORY = [
@@ -84,8 +150,9 @@ FINETUNE_MEMORY = [
 
 
 def finetune_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per model, device, batch size, optimizer and strategy: step time, its ratio to
-    `full`, each memory category, their total and its saving against `full` (bytes)."""
+    """One row per model, device, batch size, optimizer and strategy (`full` first, the others
+    as they come): step time and its interval, its ratio to `full` and its interval, each memory
+    category, their total and its saving against `full` (bytes)."""
     ok = frame[(frame["suite"] == "finetune") & (frame["status"] == "ok")].copy()
     if ok.empty:
         return pd.DataFrame()
@@ -94,39 +161,71 @@ def finetune_table(frame: pd.DataFrame) -> pd.DataFrame:
     full = ok[ok["strategy"] == "full"].set_index(key)["mem_total_bytes"].rename("full_total")
     ok = ok.join(full, on=key)
     ok["mem_saving_bytes"] = ok["full_total"] - ok["mem_total_bytes"]
+    # each group: full first, then its strategies as the report lists them
+    ok["group_"], ok["later_"] = ok.groupby(key, sort=False).ngroup(), ok["strategy"] != "full"
+    ok = ok.sort_values(["group_", "later_"], kind="stable")
     cols = [
         "latency_ms_median",
+        "latency_ms_median_ci_low",
+        "latency_ms_median_ci_high",
         "latency_ratio_to_full",
+        "latency_ratio_to_full_ci_low",
+        "latency_ratio_to_full_ci_high",
         *FINETUNE_MEMORY,
         "mem_peak_bytes",
         "mem_total_bytes",
         "mem_saving_bytes",
     ]
-    return ok.set_index([*key, "strategy"])[cols]
+    return ok.set_index([*key, "strategy"])[[c for c in cols if c in ok]]
+
+
+FINETUNE_LABELS = {"mem_params_bytes": "params", "mem_grads_bytes": "grads", "mem_optimizer_state_bytes": "opt state",
+                   "mem_activations_bytes": "activations", "mem_peak_bytes": "step peak", "mem_total_bytes": "total",
+                   "mem_saving_bytes": "saved vs full"}  # fmt: skip
 
 
 def finetune_view(frame: pd.DataFrame) -> pd.DataFrame:
-    """The fine-tuning table, formatted for people (strings)."""
+    """The fine-tuning table, formatted for people (strings; units in the headers)."""
     table = finetune_table(frame)
     if table.empty:
         return table
     out = pd.DataFrame(index=table.index)
-    out["step ms"] = table["latency_ms_median"].map(format_ms)
-    out["x full"] = table["latency_ratio_to_full"].map(_ratio)
-    labels = {"mem_params_bytes": "params", "mem_grads_bytes": "grads", "mem_optimizer_state_bytes": "opt state",
-              "mem_activations_bytes": "activations", "mem_peak_bytes": "step peak", "mem_total_bytes": "total",
-              "mem_saving_bytes": "saved vs full"}  # fmt: skip
-    for col, label in labels.items():
-        out[label] = table[col].map(format_bytes)
+    out["step (ms)"] = _estimates(table, "latency_ms_median").map(format_ms_estimate)
+    out["step / full"] = _estimates(table, "latency_ratio_to_full").map(format_ratio)
+    unit = byte_unit(table[list(FINETUNE_LABELS)])
+    for col, label in FINETUNE_LABELS.items():
+        out[f"{label} ({unit[0]})"] = table[col].map(lambda n: format_bytes_in(n, unit))
     out.index = out.index.set_names(["model", "device", "dtype", "batch", "optimizer", "strategy"])
     return out
+
+
+def finetune_best(frame: pd.DataFrame) -> pd.DataFrame:
+    """Which cells of `finetune_view` are the best of their model, device, batch and optimizer
+    (booleans, same index and columns): the smallest total memory (exact), and the shortest step
+    together with every step whose interval overlaps its interval (not told apart from it)."""
+    table = finetune_table(frame)
+    view = finetune_view(frame)
+    best = pd.DataFrame(False, index=view.index, columns=view.columns)
+    if table.empty:
+        return best
+    levels = list(range(5))
+    total = next(c for c in view.columns if c.startswith("total ("))
+    memory = table["mem_total_bytes"].astype(float)
+    best[total] = (memory == memory.groupby(level=levels, sort=False).transform("min")).to_numpy()
+    steps = _estimates(table, "latency_ms_median")
+    fastest = table["latency_ms_median"].astype(float).groupby(level=levels, sort=False).transform("idxmin")
+    best["step (ms)"] = [
+        key == quickest or bool(intervals_overlap(steps[key], steps[quickest]))
+        for key, quickest in zip(table.index, fastest, strict=True)
+    ]
+    return best
 
 
 WHERE_KEY = ["model", "device", "dtype", "batch_size"]
 WHERE_TOTAL = "(total)"
 
 
-def _shown_optimizer(finetune: pd.DataFrame) -> str | None:
+def shown_optimizer(finetune: pd.DataFrame) -> str | None:
     """The optimizer whose fine-tuning strategies "Where the memory goes" shows: AdamW where
     measured (the usual fine-tuning choice), else the first one."""
     optimizers = list(dict.fromkeys(finetune["optimizer"]))
@@ -147,7 +246,7 @@ def where_memory_goes_table(modules: pd.DataFrame | None) -> pd.DataFrame:
     )
     inference = rows[rows["suite"] == "inference"]
     finetune = rows[rows["suite"] == "finetune"]
-    optimizer = _shown_optimizer(finetune)
+    optimizer = shown_optimizer(finetune)
     parts = [
         (inference[inference["mode"] == "grad"], "mem_saved_for_backward_bytes", "grad saved"),
         (inference[inference["mode"] == "grad"], "mem_peak_bytes", "grad peak"),
@@ -156,7 +255,7 @@ def where_memory_goes_table(modules: pd.DataFrame | None) -> pd.DataFrame:
     finetune = finetune[finetune["optimizer"] == optimizer]
     parts += [
         (finetune[finetune["strategy"] == s], "mem_peak_bytes", f"{s} peak")
-        for s in sorted(set(finetune["strategy"]), key=_strategy_order)
+        for s in ordered_strategies(finetune["strategy"])
     ]
     long = []
     for by in ("block", "type"):
@@ -187,26 +286,30 @@ def where_memory_goes_table(modules: pd.DataFrame | None) -> pd.DataFrame:
     return pd.concat(out)
 
 
-def _strategy_order(strategy: str) -> tuple[int, int, str]:
-    """full, then frozen_<k> by k, then the rest (frozen_nograd)."""
-    if strategy == "full":
-        return (0, 0, strategy)
-    k = strategy.removeprefix("frozen_")
-    return (1, int(k), strategy) if k.isdigit() else (2, 0, strategy)
+def ordered_strategies(strategies: pd.Series | list[str]) -> list[str]:
+    """The fine-tuning strategies of a report: `full` (the reference) first, then the others in
+    the order the report lists them (the suite's order; no strategy list is hard-coded here)."""
+    seen = list(dict.fromkeys(strategies))
+    return (["full"] if "full" in seen else []) + [s for s in seen if s != "full"]
 
 
 def where_memory_goes_view(modules: pd.DataFrame | None) -> pd.DataFrame:
-    """ "Where the memory goes", formatted for people (strings)."""
+    """ "Where the memory goes", formatted for people (strings; the unit in the headers)."""
     table = where_memory_goes_table(modules)
-    if table.empty:
-        return table
-    out = table.map(format_bytes)
+    return table if table.empty else _where_view(table)
+
+
+def _where_view(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.dropna(axis=1, how="all")
+    unit = byte_unit(table)
+    out = table.map(lambda n: format_bytes_in(n, unit))
+    out.columns = [f"{c} ({unit[0]})" for c in out.columns]
     out.index = out.index.set_names(["model", "device", "dtype", "batch", "by", "name"])
     return out
 
 
 def where_memory_goes_text(modules: pd.DataFrame | None) -> str:
-    optimizer = _shown_optimizer(modules[modules["suite"] == "finetune"]) if modules is not None else None
+    optimizer = shown_optimizer(modules[modules["suite"] == "finetune"]) if modules is not None else None
     return (
         "Which layer costs memory: per block (the fine-tuning blocks, else the top-level modules), "
         "then per module type, the bytes grad-mode inference saves for backward and, of the bytes "
@@ -333,8 +436,39 @@ def sections(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> list[t
     return [(title, text, table) for title, text, table in computed if not table.empty]
 
 
-def render_console(frame: pd.DataFrame, environment: bool = True, modules: pd.DataFrame | None = None) -> str:
-    parts = []
+def run_line(frame: pd.DataFrame) -> str:
+    """One line saying where the figures come from: machine, torch, profile, run(s), commit."""
+    first = frame.iloc[0]
+
+    def text(column: str) -> str:
+        value = first.get(column)
+        return "" if value is None or pd.isna(value) else str(value)
+
+    runs = list(dict.fromkeys(frame["run_id"].astype(str)))
+    parts = [
+        text("gpu_name") or text("cpu_model"),
+        f"{text('cpu_count')} CPUs" if text("cpu_count") else "",
+        f"torch {text('torch_version')}",
+        f"profile {text('profile')}" if text("profile") else "",
+        f"run {runs[0]}" if len(runs) == 1 else f"{len(runs)} runs",
+        f"commit {text('git_commit')[:12]}" if text("git_commit") else "",
+    ]
+    return ", ".join(p for p in parts if p)
+
+
+def render_console(
+    frame: pd.DataFrame,
+    environment: bool = True,
+    modules: pd.DataFrame | None = None,
+    headlines_only: bool = False,
+) -> str:
+    """Findings first (`headlines_only`: the largest batch size and shown optimizer only), then
+    every section's table."""
+    from bench_lib.analysis import findings
+
+    found = findings.findings(frame)
+    text = findings.render_text(found, headlines_only)
+    parts = [f"Findings: {findings.FINDINGS_TEXT}", text, ""] if found else []
     for title, text, table in sections(frame, modules):
         if title == "Environment" and not environment:
             continue
@@ -343,40 +477,107 @@ def render_console(frame: pd.DataFrame, environment: bool = True, modules: pd.Da
 
 
 def render_markdown(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str:
-    parts = ["# bench_lib report", ""]
+    """For a pull-request comment: Findings first, then each section with its table folded
+    (<details>, which GitHub renders)."""
+    from bench_lib.analysis import findings
+
+    parts = ["# bench_lib report", "", run_line(frame), ""]
+    found = findings.findings(frame)
+    if found:
+        parts += ["## Findings", "", findings.FINDINGS_TEXT, "", findings.render_markdown(found)]
     for title, text, table in sections(frame, modules):
         table = table.reset_index() if title != "Noise and failures" else table
-        parts += [f"## {title}", "", text, "", table.to_markdown(index=False, disable_numparse=True), ""]
+        rows = f"{len(table)} row" + ("" if len(table) == 1 else "s")
+        parts += [f"## {title}", "", text, "", f"<details><summary>{title}: {rows}</summary>", ""]
+        parts += [table.to_markdown(index=False, disable_numparse=True), "", "</details>", ""]
     return "\n".join(parts)
 
 
-def render_html(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str:
-    """One self-contained HTML page: the sections' tables and the plots as embedded PNGs."""
-    from bench_lib.analysis import plots
+def _finding_html(f: Finding) -> str:
+    from bench_lib.analysis.html import esc, mark_no_difference
 
+    items = "".join(f"<li>{mark_no_difference(item)}</li>" for item in f.items)
+    return f"<li>{esc(f.topic)}:<ul>{items}</ul></li>"
+
+
+def _findings_html(frame: pd.DataFrame) -> str:
+    from bench_lib.analysis import findings
+    from bench_lib.analysis.html import esc
+
+    found = findings.findings(frame)
+    if not found:
+        return '<p class="note">No ratios to report: no successful inference or fine-tuning case.</p>'
+    body = [f'<p class="note">{esc(findings.FINDINGS_TEXT)}</p><div class="findings">']
+    for name in dict.fromkeys(f.subject for f in found):
+        mine = [f for f in found if f.subject == name]
+        items = "".join(_finding_html(f) for f in mine if f.headline)
+        rest = "".join(_finding_html(f) for f in mine if not f.headline)
+        more = (
+            f"<details><summary>other batch sizes and optimizers</summary><ul>{rest}</ul></details>"
+            if rest
+            else ""
+        )
+        body.append(f'<div class="subject"><h3>{esc(name)}</h3><ul>{items}</ul>{more}</div>')
+    return "".join(body) + "</div>"
+
+
+BEST = "(best)"  # the key of a model's best fine-tuning cells among its views
+
+
+def render_html(frame: pd.DataFrame, modules: pd.DataFrame | None = None) -> str:
+    """One self-contained page: Findings first, then each section; the model sections (tables
+    and figures per model) collapse, and a contents list links them."""
+    from bench_lib.analysis import html, plots
+
+    where = where_memory_goes_table(modules)
     figures = {
-        "Inference": [*plots.inference_latency(frame).items(), *plots.inference_memory(frame).items()],
-        "Fine-tuning": list(plots.finetune_memory(frame).items()),
-        WHERE: list(plots.where_memory_goes(where_memory_goes_table(modules)).items()),
+        "Inference": plots.inference_ratios(frame),
+        "Fine-tuning": plots.finetune_ratios(frame),
+        WHERE: plots.where_memory_goes(where),
     }
-    body = ["<h1>bench_lib report</h1>"]
-    for title, text, table in sections(frame, modules):
-        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>", table.to_html(border=0)]
-        for name, png in figures.get(title, []):
-            data = base64.b64encode(png).decode()
-            body.append(
-                f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></figure>'
-            )
-    style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{padding:2px 8px;text-align:right}figure{display:inline-block;margin:4px}"
-    )
-    return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>bench_lib report</title>'
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
-    )
+    parts = [html.Section("Findings", _findings_html(frame))]
+    per_model: dict[str, dict[str, pd.DataFrame]] = {}  # model -> title -> view of that model alone
+
+    def model_view(model: str, title: str) -> pd.DataFrame:
+        # each model's table computed from its rows alone, so its memory unit fits its figures
+        if model not in per_model:
+            from bench_lib.suites import SUITES
+
+            mine = frame[frame["model"] == model]
+            views = {t: v for suite in SUITES.values() for t, _, v in suite.report_sections(mine)}
+            if not where.empty and model in where.index.get_level_values("model"):
+                views[WHERE] = _where_view(where[where.index.get_level_values("model") == model])
+            views[BEST] = finetune_best(mine)
+            per_model[model] = views
+        return per_model[model].get(title, pd.DataFrame())
+
+    for title, text, view in sections(frame, modules):
+        body = f'<p class="note">{html.esc(text)}</p>'
+        shown = figures.get(title, {})
+        if "model" in (view.index.names or []):
+            section = html.Section(title, "")
+            for model in dict.fromkeys(view.index.get_level_values("model")):
+                inner = "".join(html.figure(png, alt) for (m, alt), png in shown.items() if m == model)
+                mine = model_view(model, title)
+                marks = model_view(model, BEST) if title == "Fine-tuning" else None
+                part, constant = html.split_constant_levels(mine)
+                keep = [
+                    c for c in part.columns if not part[c].isin(["-", ""]).all()
+                ]  # e.g. other models' strategies
+                inner += html.table(part[keep], None if marks is None else marks[keep])
+                id_ = html.anchor(title, model)
+                body += html.collapsible(id_, ", ".join(constant) if constant else model, inner)
+                section.children.append((id_, model))
+            section.body = body
+            parts.append(section)
+        else:
+            shown_view = view.T.rename_axis("") if title == "Environment" else view  # a field a row
+            body += html.table(shown_view, index=title != "Noise and failures")
+            parts.append(html.Section(title, body))
+    return html.page("bench_lib report", run_line(frame), parts)
 
 
 def render_summary(frame: pd.DataFrame) -> str:
-    """What the console shows at the end of a run (the machine line is printed separately)."""
-    return render_console(frame, environment=False)
+    """What the console shows at the end of a run (the machine line is printed separately): the
+    headline findings, then the tables; `bench_lib report` shows every finding."""
+    return render_console(frame, environment=False, headlines_only=True)

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
 
 TEXT = (
-    "Median latency per call (ms), ratio to grad (x, eager grad mode, measured interleaved: below 1 "
-    "is faster), allocator peak of one forward, bytes saved for backward under grad; compile: "
-    "eager or torch.compile (inductor; its compile time is the compile_s column)."
+    "Median latency per call (ms), ratio to grad (/ grad: eager grad mode, measured interleaved: "
+    "below 1 is faster), each with its 95% interval where measured; allocator peak of one forward, "
+    "bytes saved for backward under grad; compile: eager or torch.compile (inductor; its compile "
+    "time is the compile_s column)."
 )
 
 
