@@ -119,6 +119,7 @@ class Profile:
     models: tuple[str, ...] = ()  # the models a run measures when none are named; () = the zoo
     energy_seconds: float = 1.0  # per case, where NVML measures GPU energy (0: no energy phase)
     min_round_s: float = 0.001  # shortest round when calibrating calls per round (0: no calibration)
+    checkpoint_frozen: bool = False  # fine-tuning also runs frozen_<k>+checkpoint (one more variant)
 
 
 PROFILES: dict[str, Profile] = {
@@ -135,7 +136,7 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5, finetune_rounds=100,
-            finetune_warmup_rounds=10,
+            finetune_warmup_rounds=10, checkpoint_frozen=True,
             description="adds batch 128; 5 processes x 200 rounds (steadier p99)",
         ),
         Profile(

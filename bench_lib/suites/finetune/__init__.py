@@ -1,5 +1,6 @@
 """The fine-tuning suite: training steps with frozen blocks (`full`, `frozen_<k>`,
-`frozen_nograd`) under each optimizer, with step-time ratios to `full` of the same optimizer.
+`frozen_nograd`), activation checkpointing (`checkpoint`, `frozen_<k>+checkpoint`) and LoRA
+adapters (`lora`) under each optimizer, with step-time ratios to `full` of the same optimizer.
 The measuring is in `bench_lib.suites.finetune.measure`."""
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ FULL = "full"  # the reference strategy of each optimizer
 TEXT = (
     "Median time of one training step (ms), ratio to full (x, interleaved), memory by category; "
     "total = params + grads + opt state + activations; saving against full. Frozen blocks run in "
-    "eval(): their BatchNorm statistics and dropout are frozen with their weights."
+    "eval(): their BatchNorm statistics and dropout are frozen with their weights. checkpoint: full "
+    "training, each block's activations recomputed in backward (only its inputs kept); lora: LoRA "
+    "adapters (peft; rank and targets in the lora_rank and lora_targets columns) on a frozen base, "
+    "head trained, whole model in train()."
 )
 
 
@@ -33,7 +37,8 @@ class FinetuneSuite(Suite):
         from bench_lib.models import get_model
         from bench_lib.suites.finetune.measure import strategy_names
 
-        strategies_of = {get_model(m).name: strategy_names(get_model(m)) for m in config.models}
+        combined = config.profile.checkpoint_frozen
+        strategies_of = {get_model(m).name: strategy_names(get_model(m), combined) for m in config.models}
         return finetune_cases(
             config.profile,
             config.model_names,
