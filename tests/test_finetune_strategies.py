@@ -67,6 +67,18 @@ def test_the_new_strategies_are_offered_for_every_fine_tuned_zoo_model():
     assert Strategy("frozen_2+checkpoint", 2, checkpoint=True).reference == Strategy("frozen_2", 2)
 
 
+def test_checkpoint_and_lora_run_with_one_optimizer():
+    """AdamW where the run has it (their ratios are to AdamW's full), else the run's optimizer."""
+    from bench_lib.session import RunConfig
+
+    cases = RunConfig.parse(profile="tiny", models="mlp", devices="cpu").cases_of("finetune")
+    by_strategy = {s: {c.optimizer for c in cases if c.strategy == s} for s in {c.strategy for c in cases}}
+    assert by_strategy["lora"] == by_strategy["checkpoint"] == {"adamw"}
+    assert by_strategy["full"] == by_strategy["frozen_nograd"] == {"sgd", "adamw"}
+    full = RunConfig.parse(profile="full", models="mlp", devices="cpu", optimizers="sgd").cases_of("finetune")
+    assert {c.strategy for c in full} >= {"lora", "checkpoint", "frozen_1+checkpoint"}
+
+
 # -- LoRA on the zoo MLP (256-512-512-512-10), counted by hand ---------------------------------
 
 MLP_BASE = (256 * 512 + 512) + 2 * (512 * 512 + 512) + (512 * 10 + 10)

@@ -203,9 +203,11 @@ def test_the_example_runs_end_to_end(tmp_path):
     out = tmp_path / "my.csv"
     proc = run_cli("--model", "examples/custom_model.py:make_trainable", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[30/30] finetune-custom_model.make_trainable-cpu-b4-adamw-lora: ok" in proc.stdout
+    assert "[26/26] finetune-custom_model.make_trainable-cpu-b4-adamw-lora: ok" in proc.stdout
     report = read_report(out)
-    assert set(report["status"]) == {"ok"} and len(report) == 2 * 3 + 2 * 2 * 6
+    assert set(report["status"]) == {"ok"} and len(report) == 2 * 3 + 2 * (
+        2 * 4 + 2
+    )  # checkpoint, lora: AdamW
     assert (out.parent / "my.samples.csv").is_file()
     assert not (tmp_path / "latest.csv").exists()
 

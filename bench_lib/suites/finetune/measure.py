@@ -52,12 +52,10 @@ from bench_lib.measure.timing import Variant, calibrate_iterations, measure_inte
 from bench_lib.models import ModelInstance, ModelSpec, StagedModel
 from bench_lib.records.cases import FINETUNE, Case, Profile
 from bench_lib.records.results import FAILED, CaseResult, failure
-from bench_lib.suites.finetune import FULL, checkpointing, lora
+from bench_lib.suites.finetune import CHECKPOINT, FULL, LORA, checkpointing, lora
 
 SEED = 0
 NOGRAD = "frozen_nograd"
-CHECKPOINT = "checkpoint"
-LORA = "lora"
 
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
