@@ -395,3 +395,22 @@ def test_lora_adapters_that_are_missing_fail(monkeypatch):
     assert failed_with(
         results["sgd/lora"], "lora: 12 parameters it promises do not exist: trunk_blocks.0.0.base_layer.bias"
     )
+
+
+def test_the_report_shows_the_strategies_side_by_side():
+    """The fine-tuning table (console, Markdown, HTML) and the stacked memory plot per category."""
+    import pandas as pd
+
+    from bench_lib.analysis import plots
+    from bench_lib.analysis.report import finetune_view
+    from bench_lib.suites import SUITES
+
+    results = run_group(ZOO["mlp"], ["adamw/checkpoint", "adamw/lora"], batch_size=2)
+    results = SUITES["finetune"].add_ratios({r.case: r for r in results.values()})
+    frame = pd.DataFrame([r.row() for r in results.values()]).assign(run_id="r")
+    view = finetune_view(frame)
+    strategies_shown = list(view.index.get_level_values("strategy"))
+    assert strategies_shown == ["full", "checkpoint", "lora"]
+    lora_row = view.xs("lora", level="strategy").iloc[0]
+    assert lora_row["grads"] == "108.0 KiB" and lora_row["x full"] != "-"  # 27,658 fp32 gradients
+    assert list(plots.finetune_memory(frame)) == ["mlp cpu float32 b2 adamw"]  # one bar per strategy

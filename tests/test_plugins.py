@@ -128,6 +128,12 @@ BAD = {
         "def make_model(b):\n    return ModelInstance(nn.Linear(2, 2), torch.ones(b, 2), blocks=[nn.ReLU()])\n",
         "every block must be a submodule of the model",
     ),
+    "lora targets a string": (
+        "{tmp}/net.py:make_model",
+        "from bench_lib import ModelInstance\n"
+        "def make_model(b):\n    return ModelInstance(nn.Linear(2, 2), torch.ones(b, 2), lora_targets='lin')\n",
+        "lora_targets must be a list of module names, got 'lin'",
+    ),
 }
 
 

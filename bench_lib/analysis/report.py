@@ -188,10 +188,11 @@ def where_memory_goes_table(modules: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _strategy_order(strategy: str) -> tuple[int, int, str]:
-    """full, then frozen_<k> by k, then the rest (frozen_nograd)."""
-    if strategy == "full":
-        return (0, 0, strategy)
-    k = strategy.removeprefix("frozen_")
+    """full, checkpoint, then frozen_<k> by k (each before its frozen_<k>+checkpoint), then the
+    rest (frozen_nograd, lora)."""
+    if strategy in ("full", "checkpoint"):
+        return (0, strategy != "full", strategy)
+    k = strategy.removeprefix("frozen_").partition("+")[0]
     return (1, int(k), strategy) if k.isdigit() else (2, 0, strategy)
 
 
