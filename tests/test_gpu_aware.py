@@ -429,7 +429,11 @@ def test_gpu_check_pipeline_runs_on_the_cpu_and_its_checks_pass(tmp_path):
         and (out / "cpu.html").is_file()
         and (out / "steps" / "bench-1.log").is_file()
     )
-    assert len(read_report(out / "cpu.csv")) == 3 + 6 + 16  # ruler, inference, finetune
+    from bench_lib.suites.finetune.lora import available
+
+    # ruler, inference, finetune (the mlp at two batch sizes: 2 optimizers x 4 strategies, AdamW's
+    # checkpoint and, with peft, lora)
+    assert len(read_report(out / "cpu.csv")) == 3 + 6 + 2 * (8 + 1 + available())
     assert proc.stdout.rstrip().endswith(f"gpu-check: all checks passed (details in {out / 'checks.json'})")
     assert "matmul            ok" in proc.stdout
 

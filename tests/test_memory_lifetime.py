@@ -92,6 +92,20 @@ def test_fine_tuning_variants_are_measured_alone_whatever_their_order():
     assert len(others) == 1
 
 
+def test_checkpoint_and_lora_variants_are_measured_alone_whatever_their_order():
+    order = ["sgd/checkpoint", "sgd/lora", "adamw/lora", "adamw/checkpoint"]
+    forward = finetune_live_before(order)
+    backward = finetune_live_before(order[::-1])
+    for column in ("cuda_live_before_bytes", "mem_activations_bytes", "mem_peak_bytes"):
+        assert {v: m[column] for v, m in forward.items()} == {v: m[column] for v, m in backward.items()}
+    # live besides the variant's own parameters (LoRA's adapters) and optimizer state: the same
+    others = {
+        m["cuda_live_before_bytes"] - m["mem_optimizer_state_bytes"] - m["mem_params_bytes"]
+        for m in forward.values()
+    }
+    assert len(others) == 1
+
+
 def test_memory_is_traced_by_the_first_two_worker_processes_only():
     cases = {m: Case("inference", "mlp", "cpu", m, 2) for m in ("grad", "no_grad")}
     request = {

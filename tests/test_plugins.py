@@ -128,6 +128,12 @@ BAD = {
         "def make_model(b):\n    return ModelInstance(nn.Linear(2, 2), torch.ones(b, 2), blocks=[nn.ReLU()])\n",
         "every block must be a submodule of the model",
     ),
+    "lora targets a string": (
+        "{tmp}/net.py:make_model",
+        "from bench_lib import ModelInstance\n"
+        "def make_model(b):\n    return ModelInstance(nn.Linear(2, 2), torch.ones(b, 2), lora_targets='lin')\n",
+        "lora_targets must be a list of module names, got 'lin'",
+    ),
 }
 
 
@@ -161,7 +167,7 @@ def test_a_run_config_names_cases_after_the_model_and_sends_workers_the_referenc
     assert config.model_reference("custom_model.make_trainable") == TRAINABLE
     finetune = config.cases_of("finetune")
     assert {c.strategy for c in finetune if c.model == "custom_model.make_trainable"} == {
-        "full", "frozen_2", "frozen_4", "frozen_nograd"
+        "full", "frozen_2", "frozen_4", "frozen_nograd", "checkpoint", "lora"
     }  # fmt: skip
     assert config.cases_of("inference")[0].batch_size == 1
 
@@ -190,7 +196,7 @@ def test_frozen_blocks_of_any_model_run_under_no_grad_by_hooks():
         assert torch.is_grad_enabled()  # the hooks restored grad mode
         assert {id(p) for p in step.trainable} == {id(p) for p in step.model.head.parameters()}
     assert mem[NOGRAD]["mem_activations_bytes"] <= mem["frozen_4"]["mem_activations_bytes"]
-    assert [s.name for s in strategies(4)][-1] == NOGRAD
+    assert NOGRAD in [s.name for s in strategies(4)]
 
 
 def run_cli(*args, timeout=300):
@@ -203,9 +209,11 @@ def test_the_example_runs_end_to_end(tmp_path):
     out = tmp_path / "my.csv"
     proc = run_cli("--model", "examples/custom_model.py:make_trainable", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[22/22] finetune-custom_model.make_trainable-cpu-b4-adamw-frozen_nograd: ok" in proc.stdout
+    assert "[26/26] finetune-custom_model.make_trainable-cpu-b4-adamw-lora: ok" in proc.stdout
     report = read_report(out)
-    assert set(report["status"]) == {"ok"} and len(report) == 2 * 3 + 2 * 2 * 4
+    assert set(report["status"]) == {"ok"} and len(report) == 2 * 3 + 2 * (
+        2 * 4 + 2
+    )  # checkpoint, lora: AdamW
     assert (out.parent / "my.samples.csv").is_file()
     assert not (tmp_path / "latest.csv").exists()
 

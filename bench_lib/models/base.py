@@ -75,6 +75,11 @@ class ModelInstance:
         Items one forward processes (for throughput); None means the batch size.
     iterations:
         Forward calls per timed round (longer rounds for very fast models).
+    lora_targets:
+        The layers the `lora` fine-tuning strategy adapts, as peft names them: a module inside
+        the blocks whose path equals a name or ends with `.<name>` (e.g. `("query", "value")`).
+        Empty: every Linear and Conv layer inside the blocks except those of an
+        `nn.MultiheadAttention` (see `bench_lib.suites.finetune.lora`).
     """
 
     model: nn.Module
@@ -84,6 +89,7 @@ class ModelInstance:
     target: torch.Tensor | None = None
     items_per_batch: int | None = None
     iterations: int = 1
+    lora_targets: Sequence[str] = ()
 
     def input_tuple(self) -> Inputs:
         return (self.inputs,) if isinstance(self.inputs, torch.Tensor) else tuple(self.inputs)

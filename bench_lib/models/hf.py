@@ -11,6 +11,9 @@ PROFILE=hf` installs it and runs them).
   GPT-2's tied head the token embedding must stay trainable, and a trainable parameter before
   frozen blocks makes `frozen_nograd` train something else than `frozen_<n>` (no gradient
   reaches it through blocks run under no_grad; the suite's check caught exactly that).
+
+LoRA (`lora` strategy) adapts what peft adapts in these architectures by default: BERT's
+`query` and `value`, GPT-2's `c_attn`.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def bert_base(batch_size: int) -> ModelInstance:
         blocks=[model.bert.embeddings, *model.bert.encoder.layer],
         loss=_classification_loss,
         target=torch.randint(0, config.num_labels, (batch_size,)),
+        lora_targets=("query", "value"),  # peft's default for BERT: the attention projections
     )
 
 
@@ -70,6 +74,7 @@ def gpt2_small(batch_size: int) -> ModelInstance:
         blocks=[model.transformer.wte, model.transformer.wpe, *model.transformer.h],
         loss=_lm_loss,
         target=ids[:, 1:].contiguous(),
+        lora_targets=("c_attn",),  # peft's default for GPT-2: the fused q, k, v projection
     )
 
 

@@ -150,6 +150,9 @@ def as_instance(value: Any, ref: str) -> ModelInstance:
         not isinstance(instance.target, torch.Tensor) or instance.target.device.type != "cpu"
     ):
         raise UserError(f"{where}: the target must be a CPU tensor, got {_what(instance.target)}")
+    targets = instance.lora_targets
+    if isinstance(targets, str) or not all(isinstance(t, str) and t for t in targets):
+        raise UserError(f"{where}: lora_targets must be a list of module names, got {targets!r}")
     if instance.loss is not None and not callable(instance.loss):
         raise UserError(f"{where}: the loss must be callable, got {_what(instance.loss)}")
     instance.inputs = tuple(inputs)

@@ -129,6 +129,7 @@ class Profile:
     # fewer than `min_rounds`): see `measure.runner.with_rounds` (0: always the full rounds)
     process_timing_s: float = 0.0
     min_rounds: int = 5
+    checkpoint_frozen: bool = False  # fine-tuning also runs frozen_<k>+checkpoint (one more variant)
 
 
 PROFILES: dict[str, Profile] = {
@@ -148,7 +149,7 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5, finetune_rounds=100,
-            finetune_warmup_rounds=10,
+            finetune_warmup_rounds=10, checkpoint_frozen=True,
             description="adds batch 128; 5 processes x 200 rounds (steadier p99)",
         ),
         Profile(

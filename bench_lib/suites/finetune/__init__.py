@@ -1,6 +1,8 @@
 """The fine-tuning suite: training steps with frozen blocks (`full`, `frozen_<k>`,
-`frozen_nograd`) under each optimizer, with step-time ratios to `full` of the same optimizer.
-The measuring is in `bench_lib.suites.finetune.measure`."""
+`frozen_nograd`) under each optimizer, and with activation checkpointing (`checkpoint`,
+`frozen_<k>+checkpoint`) and LoRA adapters (`lora`) under one (`one_optimizer`: AdamW), with
+step-time ratios to `full` of the same optimizer. The measuring is in
+`bench_lib.suites.finetune.measure`."""
 
 from __future__ import annotations
 
@@ -18,10 +20,17 @@ if TYPE_CHECKING:
     from bench_lib.session import RunConfig
 
 FULL = "full"  # the reference strategy of each optimizer
+CHECKPOINT = "checkpoint"
+LORA = "lora"
+# checkpoint, frozen_<k>+checkpoint and lora run with one optimizer (see `one_optimizer`)
+ONE_OPTIMIZER = (CHECKPOINT, LORA)
 TEXT = (
     "Median time of one training step (ms), ratio to full (x, interleaved), memory by category; "
     "total = params + grads + opt state + activations; saving against full. Frozen blocks run in "
-    "eval(): their BatchNorm statistics and dropout are frozen with their weights."
+    "eval(): their BatchNorm statistics and dropout are frozen with their weights. checkpoint: full "
+    "training, each block's activations recomputed in backward (only its inputs kept); lora: LoRA "
+    "adapters (peft; rank and targets in the lora_rank and lora_targets columns) on a frozen base, "
+    "head trained, whole model in train()."
 )
 
 
@@ -34,8 +43,9 @@ class FinetuneSuite(Suite):
         from bench_lib.models import get_model
         from bench_lib.suites.finetune.measure import strategy_names
 
-        strategies_of = {get_model(m).name: strategy_names(get_model(m)) for m in config.models}
-        return finetune_cases(
+        combined = config.profile.checkpoint_frozen
+        strategies_of = {get_model(m).name: strategy_names(get_model(m), combined) for m in config.models}
+        cases = finetune_cases(
             config.profile,
             config.model_names,
             config.devices,
@@ -43,6 +53,8 @@ class FinetuneSuite(Suite):
             strategies_of,
             config.dtypes,
         )
+        one = one_optimizer(config.optimizers)
+        return [c for c in cases if c.optimizer == one or not c.strategy.endswith(ONE_OPTIMIZER)]
 
     def measure(
         self, group: Case, cases: Sequence[Case], request: Mapping[str, Any], device: Device
@@ -71,6 +83,15 @@ class FinetuneSuite(Suite):
         from bench_lib.analysis.report import finetune_view
 
         return [("Fine-tuning", TEXT, finetune_view(frame))]
+
+
+def one_optimizer(optimizers: Sequence[str]) -> str:
+    """The optimizer `checkpoint` and `lora` run with: AdamW where the run has it (the usual
+    fine-tuning choice, and where LoRA's saving in optimizer state is largest), else the first.
+    One is enough: checkpointing changes the forward and backward, not the optimizer step, and
+    each more variant costs a training step per round in every process (the default run's
+    time)."""
+    return "adamw" if "adamw" in optimizers else optimizers[0]
 
 
 register(FinetuneSuite())

@@ -6,12 +6,20 @@ Strategies for a model with n trunk blocks (the head is always trained):
   depth k = n // 2 and k = n ("all but the head", i.e. head-only training);
 - `frozen_nograd`: the same n frozen blocks, run under `torch.no_grad()` as a feature extractor,
   only the head in autograd. It trains the same parameters as `frozen_<n>`: head-only training
-  done the other way, so the two are compared rather than a separate `head_only` case.
+  done the other way, so the two are compared rather than a separate `head_only` case;
+- `checkpoint`: `full` with each trunk block under activation checkpointing
+  (`torch.utils.checkpoint`, non-reentrant; `bench_lib.suites.finetune.checkpointing`): the same
+  training, activations kept at the block inputs only, the blocks' forwards run again in backward;
+  `frozen_<k>+checkpoint` (profile `full`): `frozen_<k>` with the remaining blocks checkpointed;
+- `lora`: LoRA adapters (peft, rank 8) on the blocks' layers, the base frozen, adapters and head
+  trained (`bench_lib.suites.finetune.lora`; needs peft, the `lora` extra).
 
 Frozen means frozen: frozen blocks run in `eval()` (the common practice), so BatchNorm running
-statistics and dropout are frozen with the weights; the rest of the model trains in `train()`.
-The checks (`check_after_steps`, `nograd_trunk_violation`, `nograd_mismatch`) test each promise
-against what the strategy says, worked out apart from the `TrainStep` that applies it.
+statistics and dropout are frozen with the weights; the rest of the model trains in `train()`
+(under `lora` all of it: its blocks are adapted, not frozen).
+The checks (`check_after_steps`, `nograd_trunk_violation`, `nograd_mismatch`,
+`checkpoint_violation`, `checkpoint_mismatch`, `lora_output_mismatch`) test each promise against
+what the strategy says, worked out apart from the `TrainStep` that applies it.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from bench_lib.measure.timing import Variant, calibrate_iterations, measure_inte
 from bench_lib.models import ModelInstance, ModelSpec, StagedModel
 from bench_lib.records.cases import FINETUNE, Case, Profile
 from bench_lib.records.results import FAILED, CaseResult, failure
-from bench_lib.suites.finetune import FULL
+from bench_lib.suites.finetune import CHECKPOINT, FULL, LORA, checkpointing, lora
 
 SEED = 0
 NOGRAD = "frozen_nograd"
@@ -57,9 +65,20 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
 
 @dataclass(frozen=True)
 class Strategy:
+    """A fine-tuning strategy: the first `frozen_blocks` blocks frozen (in `eval()`), run under
+    no_grad (`nograd`), the other blocks checkpointed (`checkpoint`), or LoRA adapters on a
+    frozen base (`lora`)."""
+
     name: str
     frozen_blocks: int
     nograd: bool = False
+    checkpoint: bool = False
+    lora: bool = False
+
+    @property
+    def reference(self) -> Strategy:
+        """What a checkpointed strategy must compute the same as: itself without checkpointing."""
+        return Strategy(f"frozen_{self.frozen_blocks}" if self.frozen_blocks else FULL, self.frozen_blocks)
 
 
 def strategies(n_blocks: int) -> list[Strategy]:
@@ -69,15 +88,30 @@ def strategies(n_blocks: int) -> list[Strategy]:
     if n_blocks != partial:
         out.append(Strategy(f"frozen_{n_blocks}", n_blocks))
     out.append(Strategy(NOGRAD, n_blocks, nograd=True))
+    out.append(Strategy(CHECKPOINT, 0, checkpoint=True))
+    if n_blocks != partial:
+        out.append(Strategy(f"frozen_{partial}+{CHECKPOINT}", partial, checkpoint=True))
+    out.append(Strategy(LORA, 0, lora=True))
     return out
 
 
 @cache
-def strategy_names(spec: ModelSpec) -> list[str]:
-    """The strategy names of a model ([] when it cannot be fine-tuned: no blocks, loss or target)."""
+def strategy_names(spec: ModelSpec, checkpoint_frozen: bool = False) -> list[str]:
+    """The strategy names of a model ([] when it cannot be fine-tuned: no blocks, loss or target).
+    `lora` where peft is installed and the blocks hold a layer to adapt; `frozen_<k>+checkpoint`
+    with `checkpoint_frozen` (the profile's)."""
     torch.manual_seed(SEED)
     instance = spec.instantiate(1)
-    return [s.name for s in strategies(len(instance.blocks))] if instance.trainable else []
+    if not instance.trainable:
+        return []
+    names = []
+    for s in strategies(len(instance.blocks)):
+        if s.lora and not (lora.available() and lora.lora_plan(instance) is not None):
+            continue
+        if s.checkpoint and s.frozen_blocks and not checkpoint_frozen:
+            continue
+        names.append(s.name)
+    return names
 
 
 def template(spec: ModelSpec, batch_size: int) -> ModelInstance:
@@ -127,12 +161,15 @@ class TrainStep:
     ) -> None:
         if not instance.trainable or instance.target is None or instance.loss is None:
             raise ValueError("the model has no blocks, loss and target for fine-tuning")
-        self.model = instance.model.to(device.name).train()
         self.strategy = strategy
+        self.lora_plan = _apply_lora(instance) if strategy.lora else None
+        self.model = instance.model.to(device.name).train()
         self.blocks = list(instance.blocks)
         self.frozen_modules = self.blocks[: strategy.frozen_blocks]
         for block in self.frozen_modules:
             block.requires_grad_(False).eval()
+        self.checkpointed = self.blocks[strategy.frozen_blocks :] if strategy.checkpoint else []
+        checkpointing.checkpoint_blocks(self.checkpointed)
         self._staged = isinstance(self.model, StagedModel)
         if strategy.nograd and not self._staged:
             _NoGradBlocks(self.frozen_modules)
@@ -226,6 +263,28 @@ class TrainStep:
         return metrics, trace.modules(saved.by_label)
 
 
+def _apply_lora(instance: ModelInstance) -> lora.LoraPlan:
+    """Put LoRA adapters into `instance`'s model (in place; `instance.blocks` follows the
+    modules peft replaced) and unfreeze the parameters outside the blocks that required grad
+    (peft freezes all but the adapters; the head trains in full). The adapters' random
+    initialisation (A; B is zero) draws from a fixed seed."""
+    plan = lora.lora_plan(instance)
+    if plan is None:
+        raise ValueError("lora: the blocks hold no layer to adapt (Linear or Conv, or lora_targets)")
+    model = instance.model
+    paths = {id(m): name for name, m in model.named_modules()}
+    block_paths = [paths[id(b)] for b in instance.blocks]
+    in_blocks = {id(p) for block in instance.blocks for p in block.parameters()}
+    outside = [p for p in model.parameters() if p.requires_grad and id(p) not in in_blocks]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED + 1)
+        lora.apply_lora(model, plan)
+    for p in outside:
+        p.requires_grad_(True)
+    instance.blocks = [model.get_submodule(path) for path in block_paths]
+    return plan
+
+
 def measure_variant_memory(
     start: ModelInstance, strategy: Strategy, optimizer: str, device: Device, dtype: str = FLOAT32
 ) -> tuple[dict[str, int], tuple[ModuleMemory, ...]]:
@@ -259,7 +318,11 @@ class Promise:
 def promise(instance: ModelInstance, strategy: Strategy) -> Promise:
     """The promise of `strategy` for `instance` (pass the instance before a `TrainStep` has
     touched it): the first `strategy.frozen_blocks` blocks frozen, every other parameter that
-    requires grad trained."""
+    requires grad trained. `lora`: every parameter inside the blocks frozen (by the name it has
+    once peft wrapped its layer), the adapters of the plan's targets and every parameter outside
+    the blocks that requires grad trained; no buffer promised (the blocks run in `train()`)."""
+    if strategy.lora:
+        return _lora_promise(instance)
     frozen_blocks = list(instance.blocks)[: strategy.frozen_blocks]
     in_frozen = {id(t) for block in frozen_blocks for t in (*block.parameters(), *block.buffers())}
     params = dict(instance.model.named_parameters())
@@ -271,16 +334,30 @@ def promise(instance: ModelInstance, strategy: Strategy) -> Promise:
     )
 
 
+def _lora_promise(instance: ModelInstance) -> Promise:
+    plan = lora.lora_plan(instance)
+    if plan is None:
+        raise ValueError("lora: the blocks hold no layer to adapt (Linear or Conv, or lora_targets)")
+    in_blocks = {id(p) for block in instance.blocks for p in block.parameters()}
+    params = dict(instance.model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad and id(p) not in in_blocks}
+    trainable |= set(plan.adapter_parameters(instance.model))
+    frozen = {lora.base_name(n, plan) for n in params} - trainable
+    return Promise(frozenset(trainable), frozenset(frozen), frozenset())
+
+
 def frozen_state(model: nn.Module, promised: Promise) -> dict[str, torch.Tensor]:
-    """Copies of the parameters and buffers `promised` frozen (take them before the first step)."""
+    """Copies of the parameters and buffers `promised` frozen (take them before the first step;
+    a promised name the model lacks is left out here and named by `check_after_steps`)."""
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
-    return {n: tensors[n].detach().clone() for n in sorted(promised.frozen | promised.frozen_buffers)}
+    names = sorted(promised.frozen | promised.frozen_buffers)
+    return {n: tensors[n].detach().clone() for n in names if n in tensors}
 
 
 def trainable_state(model: nn.Module, promised: Promise) -> dict[str, torch.Tensor]:
     """Copies of the parameters `promised` trainable (take them before the measured steps)."""
     params = dict(model.named_parameters())
-    return {n: params[n].detach().clone() for n in sorted(promised.trainable)}
+    return {n: params[n].detach().clone() for n in sorted(promised.trainable) if n in params}
 
 
 def _names(names: Sequence[str], limit: int = 3) -> str:
@@ -309,6 +386,8 @@ def check_after_steps(
     name = step.strategy.name
     params = dict(step.model.named_parameters())
     requires_grad = {n for n, p in params.items() if p.requires_grad}
+    if absent := sorted((promised.trainable | promised.frozen) - set(params)):
+        return f"{name}: {len(absent)} parameters it promises do not exist: {_names(absent)}"
     if missing := sorted(promised.trainable - requires_grad):
         return f"{name}: {len(missing)} parameters it should train do not require grad: {_names(missing)}"
     if extra := sorted(requires_grad - promised.trainable):
@@ -431,7 +510,7 @@ def nograd_mismatch(
         grads.append(
             {n: p.grad.detach().clone() for n, p in step.model.named_parameters() if p.grad is not None}
         )
-    rtol, atol = (1e-5, 1e-6) if dtype == FLOAT32 else (2e-2, 2e-2)
+    rtol, atol = _tolerances(dtype)
     if not torch.allclose(losses[0], losses[1], rtol=rtol, atol=atol):
         return f"frozen_nograd loss {losses[1].item():.6g} != frozen_{n_blocks} loss {losses[0].item():.6g}"
     if differ := sorted(set(grads[0]) ^ set(grads[1])):
@@ -439,6 +518,167 @@ def nograd_mismatch(
     for n, a in grads[0].items():
         if not torch.allclose(a, grads[1][n], rtol=max(rtol, 1e-4), atol=atol):
             return f"frozen_nograd head gradients differ from frozen_{n_blocks}'s ({n})"
+    return None
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):  # storage-less tensors: never an input's storage
+        return -id(t)
+
+
+def _tolerances(dtype: str) -> tuple[float, float]:
+    return (1e-5, 1e-6) if dtype == FLOAT32 else (2e-2, 2e-2)
+
+
+def lora_output_mismatch(instance: ModelInstance, device: Device, dtype: str = FLOAT32) -> str | None:
+    """Whether the model with its LoRA adapters, before any step, computes what the untouched
+    model computes (LoRA's B starts at zero, so the adapters add exactly nothing): one forward
+    of each, both in `train()`, under no_grad, from the same seed (dropout draws the same
+    masks), on fresh copies."""
+    outputs = []
+    for strategy in (Strategy(FULL, 0), Strategy(LORA, 0, lora=True)):
+        step = TrainStep(copy.deepcopy(instance), strategy, "sgd", device, dtype)
+        torch.manual_seed(SEED + 2)
+        with torch.no_grad(), step.autocast():
+            outputs.append(_tensors(step.model(*step.inputs)))
+        del step
+    base, adapted = outputs
+    rtol, atol = _tolerances(dtype)
+    if len(base) != len(adapted) or not all(
+        a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol)
+        for a, b in zip(base, adapted, strict=False)
+    ):
+        worst = max(
+            (
+                (a.float() - b.float()).abs().max().item()
+                for a, b in zip(base, adapted, strict=False)
+                if a.shape == b.shape
+            ),
+            default=math.inf,
+        )
+        return (
+            f"lora: the output before the first step differs from the base model's (max difference "
+            f"{worst:.3g}): the adapters are not a no-op at initialisation (LoRA's B must start at zero)"
+        )
+    return None
+
+
+def checkpoint_violation(
+    instance: ModelInstance, device: Device, strategy: Strategy, dtype: str = FLOAT32
+) -> str | None:
+    """Whether the checkpointed blocks really keep their inputs only: in one forward, autograd
+    may save nothing inside a checkpointed block but the block's own inputs (what the checkpoint
+    keeps to run it again); a block run plainly saves its activations there."""
+    step = TrainStep(copy.deepcopy(instance), strategy, "sgd", device, dtype)
+    params = {_storage_key(p) for p in step.model.parameters()}  # saving a weight costs nothing
+    inputs: list[set[int]] = []
+    saved: dict[int, int] = {}  # storage -> bytes
+
+    def enter(module: nn.Module, args: object, kwargs: object) -> None:
+        inputs.append({_storage_key(t) for t in _tensors((args, kwargs))})
+
+    def leave(module: nn.Module, args: object, kwargs: object, output: object) -> None:
+        inputs.pop()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if inputs and (key := _storage_key(t)) not in inputs[-1] | params:
+            saved[key] = t.untyped_storage().nbytes()
+        return t.detach()  # not `t`: a cycle through the graph (a leak)
+
+    handles = [
+        handle
+        for block in step.checkpointed
+        for handle in (
+            block.register_forward_pre_hook(enter, with_kwargs=True),
+            block.register_forward_hook(leave, with_kwargs=True, always_call=True),
+        )
+    ]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step.forward_loss()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if saved:
+        return (
+            f"{strategy.name}: autograd saved {len(saved)} tensors ({sum(saved.values())} bytes) inside "
+            "the checkpointed blocks besides their inputs: they are not checkpointed"
+        )
+    return None
+
+
+def checkpoint_mismatch(
+    instance: ModelInstance, device: Device, strategy: Strategy, dtype: str = FLOAT32
+) -> str | None:
+    """Whether a checkpointed strategy computes what the same strategy without checkpointing
+    (`full`, `frozen_<k>`) computes for the same input and weights (same seed: dropout draws the
+    same masks): the same loss, gradients for the same parameters, equal within fp tolerance,
+    and, after the forward and backward, the same buffers (bitwise: BatchNorm's running
+    statistics, which a recomputed forward would update a second time)."""
+    reference = strategy.reference
+    losses, grads, buffers = [], [], []
+    for s in (reference, strategy):
+        step = TrainStep(copy.deepcopy(instance), s, "sgd", device, dtype)
+        torch.manual_seed(SEED + 2)
+        loss = step.forward_loss()
+        step.backward(loss)
+        losses.append(loss.detach())
+        grads.append(
+            {n: p.grad.detach().clone() for n, p in step.model.named_parameters() if p.grad is not None}
+        )
+        buffers.append({n: b.detach().clone() for n, b in step.model.named_buffers()})
+        del step, loss
+    rtol, atol = _tolerances(dtype)
+    name, ref = strategy.name, reference.name
+    if not torch.allclose(losses[0], losses[1], rtol=rtol, atol=atol):
+        return f"{name} loss {losses[1].item():.6g} != {ref} loss {losses[0].item():.6g}"
+    if differ := sorted(set(grads[0]) ^ set(grads[1])):
+        return f"{name} and {ref} give gradients to different parameters: {_names(differ)}"
+    if wrong := [
+        n for n, a in grads[0].items() if not torch.allclose(a, grads[1][n], rtol=max(rtol, 1e-4), atol=atol)
+    ]:
+        return f"{name}: {len(wrong)} gradients differ from {ref}'s: {_names(sorted(wrong))}"
+    if moved := sorted(n for n, b in buffers[0].items() if not torch.equal(b, buffers[1][n])):
+        return (
+            f"{name}: {len(moved)} buffers differ from {ref}'s after one forward and backward "
+            f"(the recomputed forward updated them again): {_names(moved)}"
+        )
+    return None
+
+
+def _strategy_problem(
+    start: ModelInstance,
+    device: Device,
+    strategy: Strategy,
+    dtype: str,
+    metrics: dict[str, dict],
+    cases: dict[str, Case],
+) -> str | None:
+    """The checks of a `checkpoint` or `lora` strategy (run once per group and strategy):
+    checkpointing keeps the block inputs only, computes what its reference computes and keeps no
+    more activations than it (where this process measured both); LoRA's adapters are a no-op
+    before the first step. (Base weights bitwise unchanged and every adapter moved:
+    `check_after_steps`.)"""
+    if strategy.lora:
+        return lora_output_mismatch(start, device, dtype)
+    problem = checkpoint_violation(start, device, strategy, dtype) or checkpoint_mismatch(
+        start, device, strategy, dtype
+    )
+    if problem is not None:
+        return problem
+    activations = "mem_activations_bytes"
+    for variant, case in cases.items():
+        reference = f"{case.optimizer}/{strategy.reference.name}"
+        if case.strategy == strategy.name and activations in metrics.get(variant, {}):
+            if activations in metrics.get(reference, {}):
+                ours, theirs = metrics[variant][activations], metrics[reference][activations]
+                if ours > theirs:
+                    return (
+                        f"{strategy.name} keeps more activations than {strategy.reference.name} "
+                        f"({ours} > {theirs} bytes)"
+                    )
     return None
 
 
@@ -491,6 +731,7 @@ def measure_finetune_group(
                 device.release_memory()
                 results[variant] = failure(cases[variant], exc)
     mismatch: dict[str, str | None] = {}
+    problems: dict[str, str | None] = {}  # the checkpoint and lora checks, once per strategy
     for variant in wanted:
         if variant in results:
             continue
@@ -507,8 +748,21 @@ def measure_finetune_group(
                 "total_params": sum(p.numel() for p in step.model.parameters()),
                 "frozen_blocks": strategy.frozen_blocks,
             }
+            if step.lora_plan is not None:
+                metrics[variant] |= {
+                    "lora_rank": step.lora_plan.rank,
+                    "lora_targets": step.lora_plan.recorded,
+                }
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss is {loss.item()}")
+            if strategy.checkpoint or strategy.lora:
+                if strategy.name not in problems:
+                    problems[strategy.name] = _strategy_problem(
+                        start, device, strategy, dtype, metrics, cases
+                    )
+                if problem := problems[strategy.name]:
+                    results[variant] = CaseResult(case, FAILED, problem, metrics=metrics[variant])
+                    continue
             if strategy.nograd:
                 if optimizer not in mismatch:
                     mismatch[optimizer] = nograd_trunk_violation(
