@@ -412,5 +412,9 @@ def test_the_report_shows_the_strategies_side_by_side():
     strategies_shown = list(view.index.get_level_values("strategy"))
     assert strategies_shown == ["full", "checkpoint", "lora"]
     lora_row = view.xs("lora", level="strategy").iloc[0]
-    assert lora_row["grads"] == "108.0 KiB" and lora_row["x full"] != "-"  # 27,658 fp32 gradients
-    assert list(plots.finetune_memory(frame)) == ["mlp cpu float32 b2 adamw"]  # one bar per strategy
+    assert (
+        lora_row["grads (MiB)"] == f"{27_658 * 4 / 2**20:.2f}" and lora_row["step / full"] != "-"
+    )  # 27,658 fp32 gradients
+    assert (
+        len(plots.finetune_ratios(frame)) == 1
+    )  # one figure: the strategies' ratios beside their stacked memory

@@ -25,6 +25,7 @@ worker processes imports it once per run, not once per worker.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,23 +34,19 @@ from torch import nn
 
 from bench_lib.models import ModelInstance
 
-peft: Any
-try:
-    import peft
-except ImportError:  # the `lora` extra is not installed: no `lora` strategy
-    peft = None
-
 RANK = 8
 ALPHA = 16  # scaling alpha / r = 2
 ADAPTER = "default"  # peft's adapter name: adapter parameters are `<target>.lora_A.default.weight`
 # Dropout 0 (peft then uses no dropout layer): the checks compare losses and outputs exactly.
-OPTIONS: dict[str, object] = {"lora_dropout": 0.0, "bias": "none"}
+OPTIONS: dict[str, Any] = {"lora_dropout": 0.0, "bias": "none"}
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def available() -> bool:
-    """Whether peft is installed (the `lora` extra)."""
-    return peft is not None
+    """Whether peft is installed (the `lora` extra), without importing it: importing peft takes
+    ~4 s (it imports transformers), which the pytest process need not pay; worker processes get
+    it from the forkserver (`measure.preload`)."""
+    return importlib.util.find_spec("peft") is not None
 
 
 @dataclass(frozen=True)
@@ -147,8 +144,10 @@ def apply_lora(model: nn.Module, plan: LoraPlan) -> nn.Module:
     """Inject the adapters into `model` in place (peft's `inject_adapter_in_model`: no
     `PeftModel` wrapper, so every other name stays as it was) and return it. peft freezes every
     parameter but the adapters; the caller unfreezes what is trained besides them."""
-    if peft is None:
+    if not available():
         raise RuntimeError("the lora strategy needs peft: pip install -e '.[lora]' (make setup installs it)")
+    import peft
+
     config = peft.LoraConfig(
         r=plan.rank,
         lora_alpha=ALPHA,
