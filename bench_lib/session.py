@@ -302,10 +302,14 @@ class ReportWriter:
                      "latency_ms": primary, "host_latency_ms": host}
                 )  # fmt: skip
         modules = [*self.modules, *({"run_id": self.run_id} | m for m in result.module_rows())]
+        # each file is written atomically and remembered at once, so that an interrupt between two
+        # writes (Ctrl-C lands anywhere) leaves what is in memory the same as what is on disk
         write_csv_atomic(to_frame(rows), self.path)
+        self.rows = rows
         write_csv_atomic(pd.DataFrame(samples, columns=list(SAMPLE_COLUMNS)), samples_path(self.path))
+        self.samples = samples
         write_csv_atomic(modules_frame(modules), modules_path(self.path))
-        self.rows, self.samples, self.modules = rows, samples, modules
+        self.modules = modules
 
     def frame(self) -> pd.DataFrame:
         return to_frame(self.rows)
@@ -322,6 +326,9 @@ class ReportWriter:
         latest = self.results_dir / "latest.csv"
         companions = (samples_path, modules_path)
         for src, dst in ((self.path, latest), *((c(self.path), c(latest)) for c in companions)):
+            if not src.exists():  # interrupted before its first write: no stale companion either
+                dst.unlink(missing_ok=True)
+                continue
             tmp = dst.with_name(f".{dst.name}.tmp")
             shutil.copyfile(src, tmp)
             os.replace(tmp, dst)

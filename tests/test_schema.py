@@ -217,3 +217,27 @@ def test_migrations_add_columns_by_name_not_by_position():
     migrated = schema._MIGRATIONS[2](v2)
     assert set(migrated.columns) - set(v2.columns) == set(schema.V3_ADDED)
     assert "mem_disagreement" not in migrated and "float32_defaults" not in migrated
+
+
+def test_an_interrupt_between_the_first_writes_still_leaves_latest_csv(tmp_path, monkeypatch):
+    """Ctrl-C can land after the report's first write and before its samples are written (seen in
+    CI): the row on disk must still reach latest.csv, and no stale companion may stay beside it."""
+    import bench_lib.session as session
+
+    (tmp_path / "latest.samples.csv").write_text("stale")
+    writes = []
+    real = session.write_csv_atomic
+
+    def interrupted(frame, path):
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        real(frame, path)
+
+    monkeypatch.setattr(session, "write_csv_atomic", interrupted)
+    writer = ReportWriter(tmp_path, collect_environment(), "tiny")
+    with pytest.raises(KeyboardInterrupt):
+        writer.add(result())
+    assert writer.finish() == writer.path
+    assert len(read_report(tmp_path / "latest.csv")) == 1
+    assert not (tmp_path / "latest.samples.csv").exists()
