@@ -263,6 +263,22 @@ def test_later_processes_time_about_process_timing_s_of_rounds_but_at_least_min_
     assert with_rounds(off, first) is off
 
 
+def test_later_processes_warm_up_for_about_a_third_of_their_timing_but_at_least_one_round():
+    case = Case("finetune", "cnn", "cpu", "", 32, strategy="full", optimizer="sgd")
+    # one round: 1 call of 200 ms; a third of 1.5 s is 500 ms: 2 warm-up rounds fit
+    first = {"full": CaseResult(case, samples=Samples(iterations=1, host_ms=(200.0, 200.0)))}
+    profile = {"rounds": 30, "warmup_rounds": 5, "finetune_warmup_rounds": 3, "process_timing_s": 1.5}
+    assert with_rounds({"profile": profile}, first)["profile"] | {} == profile | {
+        "rounds": 7,
+        "warmup_rounds": 2,
+        "finetune_warmup_rounds": 2,
+    }
+    slow = {"full": CaseResult(case, samples=Samples(iterations=1, host_ms=(900.0, 900.0)))}
+    assert with_rounds({"profile": profile}, slow)["profile"]["finetune_warmup_rounds"] == 1
+    fast = {"full": CaseResult(case, samples=Samples(iterations=1, host_ms=(1.0, 1.0)))}
+    assert with_rounds({"profile": profile}, fast)["profile"]["warmup_rounds"] == 5  # the profile's
+
+
 def test_rounds_are_left_alone_when_the_round_time_is_zero():
     case = Case("inference", "mlp", "cpu", "grad", 1)
     zero = {"grad": CaseResult(case, samples=Samples(iterations=1, host_ms=(0.0, 0.0)))}

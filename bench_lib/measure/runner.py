@@ -113,7 +113,10 @@ def with_rounds(request: Mapping[str, Any], results: Mapping[str, CaseResult]) -
     """`request` with its rounds per process (`rounds`, `finetune_rounds`) capped so that the
     timed rounds of a process last about the profile's `process_timing_s`, judged from a round
     of the group in `results` (the sum over its variants of median time per call x calls per
-    round), but never below `min_rounds`. Unchanged without a cap or samples.
+    round), but never below `min_rounds`; and its warm-up rounds capped to about a third of
+    that time, but at least one (the first process, with the profile's full warm-up, has already
+    paid the one-time costs: a batch-32 CNN step's three warm-up rounds took 2 s per process).
+    Unchanged without a cap or samples.
 
     Why: the spread between processes, not within them, limits a ratio's precision, so a group
     whose rounds are long (a batch of 32 training steps) gains more from another process than
@@ -128,7 +131,13 @@ def with_rounds(request: Mapping[str, Any], results: Mapping[str, CaseResult]) -
         return request
     fits = max(int(cap_s * 1e3 / round_ms), profile.get("min_rounds") or 1)
     capped = {k: min(profile[k], fits) for k in ("rounds", "finetune_rounds") if k in profile}
+    warm = max(int(cap_s * 1e3 / WARMUP_SHARE / round_ms), 1)
+    capped |= {k: min(profile[k], warm) for k in ("warmup_rounds", "finetune_warmup_rounds") if k in profile}
     return {**request, "profile": {**profile, **capped}}
+
+
+# Later processes warm up for about process_timing_s / WARMUP_SHARE (at least one round)
+WARMUP_SHARE = 3
 
 
 START_METHODS = ("forkserver", "spawn")

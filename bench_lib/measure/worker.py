@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from bench_lib.measure.allocator import pin_glibc_malloc
+from bench_lib.measure.allocator import pin_glibc_malloc, shuffle_layout
 from bench_lib.measure.devices import make_device
 from bench_lib.measure.environment import torch_threads
 from bench_lib.measure.inject import injected_spec, parse_injection
@@ -52,6 +52,7 @@ def run_request(request: Request) -> dict[str, CaseResult]:
     settings it ran under."""
     if request.get("pin_malloc"):
         pin_glibc_malloc()
+    layout = shuffle_layout()  # kept alive until the group is measured  # noqa: F841
     cases = cases_of(request)
     group = cases[0].group
     with torch_threads(request.get("threads")), float32_mode(group.dtype):

@@ -142,10 +142,10 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "default", (1, 32), rounds=30, warmup_rounds=5, processes=4, finetune_rounds=10,
-            finetune_warmup_rounds=3, max_processes=15, ci_target=0.01, group_budget_s=10,
+            finetune_warmup_rounds=3, max_processes=15, ci_target=0.01, group_budget_s=9,
             process_timing_s=1.5,
             description="the default make bench: 4 to 15 processes x 30 rounds (10 training steps) per group, "
-            "until every ratio is known to +-1% or 10 s are spent",
+            "until every ratio is known to +-1% or 9 s are spent",
         ),
         Profile(
             "full", (1, 32, 128), rounds=200, warmup_rounds=20, processes=5, finetune_rounds=100,
