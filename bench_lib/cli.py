@@ -7,13 +7,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bench_lib.errors import UserError
 from bench_lib.options import add_run_arguments
-from bench_lib.records.schema import is_companion, write_text_atomic
+
+if TYPE_CHECKING:  # pandas takes ~0.6 s to import (also through records.schema): `history show` needs none
+    import pandas as pd
 
 DEFAULT_REPORT = Path("results/latest.csv")
 
@@ -29,11 +29,15 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
 
     if not paths:
         raise UserError("no report given")
+    import pandas as pd
+
     return pd.concat([read_report(p) for p in paths], ignore_index=True)
 
 
 def _write(text: str, out: str | None) -> None:
     if out:
+        from bench_lib.records.schema import write_text_atomic
+
         write_text_atomic(Path(out), text)
         print(f"wrote {out}")
     else:
@@ -93,6 +97,8 @@ def load_modules(paths: Sequence[str | Path]) -> pd.DataFrame | None:
     from bench_lib.records.schema import read_modules
 
     frames = [f for f in (read_modules(p) for p in paths) if f is not None]
+    import pandas as pd
+
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -122,14 +128,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_precision(args: argparse.Namespace) -> int:
-    from bench_lib.analysis.precision import render
+    from bench_lib.analysis.precision import distinct_names, render
 
     if len(args.reports) < 2:
         raise UserError("precision needs at least two reports (repeat runs of the same cases)")
     if not args.target > 0:
         raise UserError(f"--target must be > 0, got {args.target}")
     frames = load_results(args.reports[:1]), *(load_results([p]) for p in args.reports[1:])
-    _write(render(frames, [Path(p).name for p in args.reports], args.target), args.out)
+    _write(render(frames, distinct_names(args.reports), args.target), args.out)
     return 0
 
 
@@ -137,6 +143,8 @@ def _side(spec: str) -> list[Path]:
     """A report, or a folder of reports (every run file in it: not latest.csv, not companions)."""
     path = Path(spec)
     if path.is_dir():
+        from bench_lib.records.schema import is_companion
+
         runs = sorted(p for p in path.glob("*.csv") if p.name != "latest.csv" and not is_companion(p))
         if not runs:
             raise UserError(f"{path}: no report in this folder")
@@ -192,6 +200,8 @@ def emit_verdicts(verdicts: Sequence[Any], args: argparse.Namespace) -> int:
         verdicts = [v for v in verdicts if v.metric in keep or v.metric == "case"]
     print(gate.render_console(verdicts))
     if args.md:
+        from bench_lib.records.schema import write_text_atomic
+
         write_text_atomic(Path(args.md), gate.render_markdown(verdicts))
     if args.json:
         write_text_atomic(Path(args.json), gate.render_json(verdicts))

@@ -193,3 +193,19 @@ def test_branch_comes_from_the_option_then_the_environment(tmp_path, monkeypatch
     monkeypatch.delenv("BENCH_BRANCH")
     monkeypatch.delenv("GITHUB_REF_NAME")
     assert branch_resolver(None, cwd=tmp_path)("abc") == ""  # not a checkout: unknown
+
+
+def test_the_audit_replicates_real_runs_and_rejects_what_is_not_a_report(tmp_path, capsys):
+    from bench_lib.history.audit import main as audit
+
+    runs = tmp_path / "runs"
+    for i in range(2):
+        write_run(runs, i)
+    (runs / "notes.csv").write_text("some,table\n1,2,3,4\n")  # not a report: one line, exit 2
+    assert audit([str(runs), "--replicate", "5", "--to", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "notes.csv: not a report" in err and "\n" not in err
+    (runs / "notes.csv").unlink()
+    assert audit([str(runs), "--replicate", "5", "--to", str(tmp_path / "out")]) == 0
+    written = sorted((tmp_path / "out").glob("*.csv"))
+    assert len([p for p in written if not p.name.endswith(".samples.csv")]) == 5

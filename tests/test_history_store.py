@@ -201,6 +201,17 @@ def test_history_show_lists_every_run(db, tmp_path, capsys):
     assert all(f"{i:04x}000000" in out for i in range(3))
 
 
+def test_history_add_takes_a_folder_of_runs(db, tmp_path, capsys):
+    for i in range(3):
+        write_run(tmp_path / "runs", i)
+    assert main(["history", "add", str(tmp_path / "runs"), "--db", db]) == 0
+    assert "3 run(s) added" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert "no report in this folder" in one_line_error(
+        capsys, ["history", "add", str(tmp_path / "empty"), "--db", db]
+    )
+
+
 def one_line_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     captured = capsys.readouterr()

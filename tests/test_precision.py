@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench_lib.analysis.precision import coverage, target_share
+from bench_lib.analysis.precision import coverage, distinct_names, target_share
 from bench_lib.cli import main
 from bench_lib.records.stats import t_half_width
 
@@ -95,3 +95,12 @@ def test_reports_without_intervals_or_a_bad_target_are_one_line_errors(tmp_path,
     small = Path(__file__).parent / "data" / "small.csv"
     assert main(["precision", str(small), str(small), "--target", "-1"]) == 2
     assert "--target must be > 0" in capsys.readouterr().err
+
+
+def test_runs_are_named_by_the_shortest_part_of_their_paths_that_tells_them_apart():
+    assert distinct_names(["a/run1/latest.csv", "a/run2/latest.csv"]) == [
+        "run1/latest.csv",
+        "run2/latest.csv",
+    ]
+    assert distinct_names(["x.csv", "y.csv"]) == ["x.csv", "y.csv"]
+    assert distinct_names(["same.csv", "same.csv"]) == ["same.csv", "same.csv"]

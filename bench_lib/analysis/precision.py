@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,17 @@ def target_share(frame: pd.DataFrame, precision: float) -> tuple[int, int]:
         return 0, 0
     relative = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
     return int((relative <= precision).sum()), len(rows)
+
+
+def distinct_names(paths: Sequence[str]) -> list[str]:
+    """Each path's shortest trailing part that tells it from the others (`run1/latest.csv`,
+    `run2/latest.csv` rather than `latest.csv` twice); the whole path where nothing shorter does."""
+    parts = [PurePath(p).parts for p in paths]
+    for depth in range(1, max((len(x) for x in parts), default=1) + 1):
+        names = [str(PurePath(*x[-depth:])) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
 
 
 def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: float) -> str:

@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
 from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS, Case
@@ -475,6 +474,8 @@ def _latency(label: str, base: list[float], cand: list[float], rules: Rules) -> 
         return _undecided_unless_within(Verdict(label, metric, INCONCLUSIVE, why, UNDECIDED, "too noisy",
                                                 **common), rules)  # fmt: skip
     margin = rules.test_margin
+    from scipy.stats import mannwhitneyu  # here: ~1 s to import, the history commands need none
+
     slower = mannwhitneyu(cand, [x * (1 + margin) for x in base], alternative="greater").pvalue
     faster = mannwhitneyu(cand, [x * (1 - margin) for x in base], alternative="less").pvalue
     if change > rules.latency_threshold:

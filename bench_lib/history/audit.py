@@ -32,7 +32,7 @@ from bench_lib.history.changepoints import FASTEST, Point, Series, Step, StepRul
 from bench_lib.history.ingest import add_reports
 from bench_lib.history.series import branch_series
 from bench_lib.history.store import Store
-from bench_lib.records.schema import samples_path
+from bench_lib.records.schema import is_companion, samples_path
 
 LATENCY_COLUMNS = ("latency_ms_median", "latency_ms_mean", "latency_ms_min", "latency_ms_p90", "latency_ms_p99",
                    "latency_ms_iqr", "latency_ms_stddev", "host_latency_ms_median")  # fmt: skip
@@ -45,10 +45,17 @@ def real_runs(specs: Sequence[str]) -> list[Path]:
     for spec in specs:
         p = Path(spec)
         found = sorted(p.rglob("*.csv")) if p.is_dir() else [p]
-        paths += [f for f in found if f.name != "latest.csv" and not f.name.endswith(".samples.csv")]
+        paths += [f for f in found if f.name != "latest.csv" and not is_companion(f)]
     if not paths:
         raise UserError("no report found")
-    heads = {p: pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths}
+    heads = {}
+    for p in paths:
+        try:
+            heads[p] = pd.read_csv(p, dtype=str, keep_default_na=False)
+        except (OSError, ValueError) as exc:  # pandas' ParserError is a ValueError
+            raise UserError(f"{p}: not a report ({str(exc).splitlines()[0]})") from exc
+        if "run_id" not in heads[p] or heads[p].empty:
+            raise UserError(f"{p}: not a report (no run_id column or no rows)")
     full = max(len(v) for v in heads.values())
     unique = {  # no injected run: the history leaves those out
         str(v["run_id"].iloc[0]): p

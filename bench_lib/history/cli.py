@@ -59,10 +59,12 @@ def cmd_add(args: argparse.Namespace) -> int:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from bench_lib.cli import _side
     from bench_lib.errors import UserError
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    args.reports = [str(p) for spec in args.reports for p in _side(spec)]  # folders: their reports
     jobs = min(args.jobs, len(args.reports))
     with _store(args) as store:
         name = store.name
@@ -209,7 +211,7 @@ def add_commands(sub: Any) -> None:
     add = hsub.add_parser(
         "add", help="add reports (and their samples) to the history; adding twice changes nothing"
     )
-    add.add_argument("reports", nargs="+", help="CSV reports")
+    add.add_argument("reports", nargs="+", help="CSV reports, or folders of them (every run in the folder)")
     add.add_argument(
         "--jobs", type=int, default=1, help="reports read in parallel by this many processes (default 1)"
     )

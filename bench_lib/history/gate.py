@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import t as student_t
 
 from bench_lib import gate as ab
 from bench_lib.errors import UserError
@@ -130,6 +129,8 @@ def history_latency(label: str, history: list[float], cand: list[float], rules: 
     scale = max(float(np.std(logs_h, ddof=1)), 1e-6) * math.sqrt(1 / m + 1 / n)
     margin = rules.test_margin
     diff = float(np.mean(logs_c) - np.mean(logs_h))
+    from scipy.stats import t as student_t  # ~1 s to import: only where a gate decides
+
     slower = float(student_t.sf((diff - math.log1p(margin)) / scale, n - 1))
     faster = float(student_t.cdf((diff - math.log1p(-margin)) / scale, n - 1)) if margin < 1 else 1.0
     if change > rules.latency_threshold:

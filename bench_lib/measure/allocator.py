@@ -49,19 +49,25 @@ def shuffle_layout(rng: random.Random | None = None) -> list[object]:
     weights and activations at the same addresses as its siblings: figures that depend on
     alignment and cache-set conflicts would then agree within a run and differ between runs (whose
     servers start from different layouts), and the interval from the spread between a run's
-    processes would be too narrow. A random number of blocks of random sizes, taken first from
-    the C heap (through torch's own allocator, 64-byte aligned like a tensor's data) and from
-    Python's small-object allocator, and an anonymous mapping of a random number of pages (for
-    blocks malloc maps on their own), gives every worker its own offsets, as separate
-    interpreters have. Costs well under a millisecond and under 4 MiB of address space (untouched pages of
-    the heap, so no resident memory; the memory figures are differences and do not see it).
+    processes would be too narrow. A random number of blocks, of sizes log-uniform from 64 B to
+    8 MiB and small ones for malloc's small bins, taken first through torch's own allocator (the C
+    heap, 64-byte aligned like a tensor's data), some small objects of Python's allocator, and an
+    anonymous mapping of a random number of pages (for blocks malloc maps on their own) give
+    every worker its own offsets, as separate interpreters have: a later block may come from a
+    chunk the server freed (malloc takes the best fit), so the pads must split chunks of every
+    scale. Costs a few milliseconds and tens of MiB of address space on average, almost none of
+    it touched (resident memory: about a page per block; the memory figures are differences
+    taken later and do not see it).
     """
     rng = rng or random.SystemRandom()
     import torch
 
-    blocks: list[object] = [
-        torch.empty(rng.randrange(1, 1 << 13) * 64, dtype=torch.uint8) for _ in range(rng.randrange(1, 9))
-    ]
+    # sizes log-uniform from 64 B to 8 MiB: a later block of any size may come from a free chunk
+    # the server left (malloc takes the best fit), so pads of every scale split those at random
+    sizes = [64 * int(2 ** rng.uniform(0, 17)) for _ in range(rng.randrange(16, 49))]
+    sizes += [rng.randrange(1, 1025) for _ in range(rng.randrange(0, 129))]  # the small bins too
+    rng.shuffle(sizes)
+    blocks: list[object] = [torch.empty(size, dtype=torch.uint8) for size in sizes]
     blocks.append([bytes(rng.randrange(1, 512)) for _ in range(rng.randrange(0, 4096))])
     # blocks above malloc's mmap threshold (unpinned malloc) are mapped below the last mapping
     blocks.append(mmap.mmap(-1, rng.randrange(1, 512) * mmap.PAGESIZE))

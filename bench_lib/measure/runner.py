@@ -149,9 +149,9 @@ def _context(method: str) -> Any:
     - `forkserver` (default): workers fork from a server process that imported torch and bench_lib
       once and ran nothing, so each starts clean in milliseconds instead of the ~1.5 s of a fresh
       interpreter. The server also imports what torch would import lazily in every worker, and
-      freezes the garbage collector's view of it (see `measure.preload`). They share the server's address-space layout, so a run's processes are not
-      independent of it: figures that depend on memory layout vary between runs more than
-      between a run's processes (seen on the MLP's training step at batch 1).
+      freezes the garbage collector's view of it (see `measure.preload`). A forked worker would
+      allocate at its siblings' addresses; each shifts its layout at random first
+      (`allocator.shuffle_layout`), so that a run's processes vary as different runs' do.
     - `spawn`: a fresh interpreter per worker: fully independent processes, ~1.5 s each.
     Where forkserver is missing (macOS, Windows), spawn.
     """
