@@ -139,7 +139,7 @@ def cmd_precision(args: argparse.Namespace) -> int:
     return 0
 
 
-def _side(spec: str) -> list[Path]:
+def report_files(spec: str) -> list[Path]:
     """A report, or a folder of reports (every run file in it: not latest.csv, not companions)."""
     path = Path(spec)
     if path.is_dir():
@@ -194,14 +194,13 @@ def gate_config(args: argparse.Namespace) -> Any:
 def emit_verdicts(verdicts: Sequence[Any], args: argparse.Namespace) -> int:
     """Print the verdicts (and write `--md` / `--json`); the gate's exit code."""
     from bench_lib import gate
+    from bench_lib.records.schema import write_text_atomic
 
     if args.only:
         keep = gate.MEMORY_METRICS if args.only == "memory" else (gate.LATENCY,)
         verdicts = [v for v in verdicts if v.metric in keep or v.metric == "case"]
     print(gate.render_console(verdicts))
     if args.md:
-        from bench_lib.records.schema import write_text_atomic
-
         write_text_atomic(Path(args.md), gate.render_markdown(verdicts))
     if args.json:
         write_text_atomic(Path(args.json), gate.render_json(verdicts))
@@ -212,7 +211,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from bench_lib import gate
 
     config = gate_config(args)
-    baseline, candidate = (gate.load_side(_side(spec), args.unit) for spec in (args.baseline, args.candidate))
+    baseline, candidate = (
+        gate.load_side(report_files(spec), args.unit) for spec in (args.baseline, args.candidate)
+    )
     return emit_verdicts(gate.gate(baseline, candidate, config), args)
 
 

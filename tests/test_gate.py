@@ -210,6 +210,10 @@ def test_cli_gates_folders_of_runs_and_writes_md_and_json(tmp_path, capsys):
     data = json.loads(js.read_text())
     assert data["exit_code"] == 1 and any(v["decision"] == "regression" for v in data["verdicts"])
     assert md.read_text().startswith("# bench_lib gate")
+    js.unlink()  # --json alone writes it too
+    assert main(["gate", str(tmp_path / "base"), str(tmp_path / "cand"), "--json", str(js),
+                 "--config", str(tmp_path / "none.toml")]) == 1  # fmt: skip
+    assert json.loads(js.read_text())["exit_code"] == 1
     # a single run per side cannot show significance: +30% is undecided (exit 3), never OK
     assert (
         main(["gate", str(tmp_path / "base" / "b0.csv"), str(tmp_path / "cand" / "c0.csv"), "--config", "x"])

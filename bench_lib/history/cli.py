@@ -59,12 +59,12 @@ def cmd_add(args: argparse.Namespace) -> int:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from bench_lib.cli import _side
+    from bench_lib.cli import report_files
     from bench_lib.errors import UserError
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
-    args.reports = [str(p) for spec in args.reports for p in _side(spec)]  # folders: their reports
+    args.reports = [str(p) for spec in args.reports for p in report_files(spec)]  # folders: their reports
     jobs = min(args.jobs, len(args.reports))
     with _store(args) as store:
         name = store.name
@@ -137,12 +137,12 @@ def cmd_regressions(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from bench_lib import gate
-    from bench_lib.cli import _side, emit_verdicts, gate_config
+    from bench_lib.cli import emit_verdicts, gate_config, report_files
     from bench_lib.history import gate as history_gate
 
     config = gate_config(args)
     branch = args.branch or _config(args).branch
-    candidate = gate.load_side(_side(args.candidate), "run")
+    candidate = gate.load_side(report_files(args.candidate), "run")
     fp = history_gate.candidate_fingerprint(candidate)
     own = set(candidate.frame["run_id"].dropna().astype(str)) if "run_id" in candidate.frame else set()
     with _store(args) as store:
