@@ -83,6 +83,24 @@ def test_a_ratio_interval_stays_positive_with_two_scattered_processes():
     assert 0 < estimate.low < estimate.value < estimate.high
 
 
+def test_fine_tuning_ratios_are_ratios_of_trimmed_means_and_inference_ratios_of_medians():
+    """A training step that runs at 1 or 2 ms from round to round: in a process with 3 slow
+    rounds of 5 the median says 2.0x the `full` step, the 20%-trimmed mean 5/3 (by hand: drop one
+    round from each end, (1 + 2 + 2) / 3); the inference suite keeps medians."""
+    from bench_lib.suites import SUITES
+
+    def step(strategy, host_ms):
+        case = Case("finetune", "m", "cpu", batch_size=1, strategy=strategy, optimizer="sgd")
+        return CaseResult(case, samples=Samples(iterations=1, host_ms=host_ms), items_per_batch=1)
+
+    full, frozen = step("full", (1.0,) * 5), step("frozen_1", (1.0, 2.0, 2.0, 1.0, 2.0))
+    out = SUITES["finetune"].add_ratios({full.case: full, frozen.case: frozen})
+    assert out[frozen.case].metrics["latency_ratio_to_full"] == pytest.approx(5 / 3)
+    grad, fast = ok("grad", (1.0,) * 5), ok("no_grad", (1.0, 2.0, 2.0, 1.0, 2.0))
+    out = SUITES["inference"].add_ratios({grad.case: grad, fast.case: fast})
+    assert out[fast.case].metrics["latency_ratio_to_grad"] == pytest.approx(2.0)
+
+
 def test_with_ratios_pairs_rounds_by_process():
     parts = [
         {"grad": ok("grad", (10.0, 10.0)), "no_grad": ok("no_grad", (9.0, 9.0))},

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from bench_lib.records.stats import ratio_of_medians, summarize
+from bench_lib.records.stats import ratio_of, summarize, trimmed_mean
 
 
 def test_summarize_matches_hand_computed_values():
@@ -34,9 +34,25 @@ def test_summarize_rejects_bad_samples(bad):
 
 
 def test_ratio_of_medians():
-    assert ratio_of_medians([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == pytest.approx(0.5)
+    assert ratio_of([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == pytest.approx(0.5)
     with pytest.raises(ValueError):
-        ratio_of_medians([1.0], [0.0])
+        ratio_of([1.0], [0.0])
+
+
+def test_trimmed_mean_drops_a_fifth_from_each_end():
+    # 10 values: int(0.2 * 10) = 2 dropped from each end, by hand (3 + 4 + 5 + 6 + 7 + 8) / 6 = 5.5
+    assert trimmed_mean([100.0, 0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 1.0, 90.0]) == pytest.approx(5.5)
+    # 5 rounds: one dropped from each end; two-speed rounds (1, 1, 2, 2, 2 ms) average to 5/3
+    assert trimmed_mean([1.0, 2.0, 1.0, 2.0, 2.0]) == pytest.approx(5 / 3)
+    # 4 rounds: int(0.8) = 0 dropped, the plain mean
+    assert trimmed_mean([1.0, 1.0, 1.0, 5.0]) == pytest.approx(2.0)
+
+
+def test_a_ratio_of_trimmed_means_averages_two_speed_rounds_where_the_median_jumps():
+    # rounds at 1 ms or 2 ms: 3 slow of 5 flips the median to 2.0, the trimmed mean moves by 1/3
+    reference = [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert ratio_of([1.0, 2.0, 2.0, 1.0, 2.0], reference) == pytest.approx(2.0)
+    assert ratio_of([1.0, 2.0, 2.0, 1.0, 2.0], reference, trimmed_mean) == pytest.approx(5 / 3)
 
 
 # ---------------------------------------------------------------- confidence intervals

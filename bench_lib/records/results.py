@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
+
+import numpy as np
 
 from bench_lib.records.cases import Case
 from bench_lib.records.stats import Samples, median_estimate, paired_ratio
@@ -139,11 +141,16 @@ class CaseResult:
         return row
 
 
-def with_ratios(results: Mapping[K, CaseResult], reference: K | None, column: str) -> dict[K, CaseResult]:
+def with_ratios(
+    results: Mapping[K, CaseResult],
+    reference: K | None,
+    column: str,
+    statistic: Callable[[Sequence[float]], float] = np.median,
+) -> dict[K, CaseResult]:
     """Add `column`, each result's latency ratio to the `reference` result's, and its 95%
     confidence interval (`<column>_ci_low`, `<column>_ci_high`) to the metrics.
 
-    The ratio is paired: per process, median over the reference's median from the same
+    The ratio is paired: per process, median (or `statistic`) over the reference's from the same
     interleaved rounds, then the mean across processes, with a t-interval from their spread
     (see `stats.paired_ratio`). None when the reference has no samples; no interval from one
     process.
@@ -153,7 +160,7 @@ def with_ratios(results: Mapping[K, CaseResult], reference: K | None, column: st
     for key, result in results.items():
         ratio = low = high = None
         if result.samples is not None and ref is not None and ref.samples is not None:
-            estimate = paired_ratio(result.samples.by_process(), ref.samples.by_process())
+            estimate = paired_ratio(result.samples.by_process(), ref.samples.by_process(), statistic)
             ratio, low, high = estimate.value, estimate.low, estimate.high
         columns = {column: ratio, f"{column}_ci_low": low, f"{column}_ci_high": high}
         out[key] = replace(result, metrics={**result.metrics, **columns}) if result.ok else result

@@ -111,7 +111,7 @@ COLUMNS: tuple[Column, ...] = (
         "latency_ratio_to_full",
         "float",
         "ratio",
-        "finetune: median / median of strategy `full` with the same optimizer, model, device and batch size, measured interleaved",
+        "finetune: step time / step time of strategy `full` with the same optimizer, model, device and batch size, measured interleaved: per process the ratio of 20%-trimmed means of the rounds (training steps can run at two speeds from round to round, between which a median of few rounds jumps), geometric mean over processes",
     ),
     _C("latency_ratio_to_grad_ci_low", "float", "ratio", "lower end of the 95% confidence interval of latency_ratio_to_grad: a Student t-interval on the logs of the per-process ratios (the ratio is their geometric mean); empty with one process. An interval containing 1.0 is reported as no measurable difference"),
     _C("latency_ratio_to_grad_ci_high", "float", "ratio", "upper end of that interval"),

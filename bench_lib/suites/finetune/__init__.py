@@ -69,14 +69,16 @@ class FinetuneSuite(Suite):
         return {r.case: r for r in results.values()}
 
     def add_ratios(self, results: Mapping[Case, CaseResult]) -> dict[Case, CaseResult]:
-        """Each optimizer's strategies against its own `full` step."""
+        """Each optimizer's strategies against its own `full` step, per process as a ratio of
+        trimmed means (see `stats.paired_ratio`: training steps that run at two speeds)."""
         from bench_lib.records.results import with_ratios
+        from bench_lib.records.stats import trimmed_mean
 
         out: dict[Case, CaseResult] = {}
         for optimizer in dict.fromkeys(c.optimizer for c in results):
             subset = {c: r for c, r in results.items() if c.optimizer == optimizer}
             reference = next((c for c in subset if c.strategy == FULL), None)
-            out |= with_ratios(subset, reference, "latency_ratio_to_full")
+            out |= with_ratios(subset, reference, "latency_ratio_to_full", trimmed_mean)
         return {c: out[c] for c in results}
 
     def report_sections(self, frame: pd.DataFrame) -> list[Section]:
