@@ -80,6 +80,7 @@ class RunConfig:
         max_processes: str | None = None,
         ci_target: str | None = None,
         group_budget: str | None = None,
+        ci_run_sd: str | None = None,
     ) -> RunConfig:
         """Parse user-facing strings (options or environment variables); `UserError` on bad ones."""
         if malloc not in ("pinned", "default"):
@@ -88,7 +89,7 @@ class RunConfig:
         if start_method not in START_METHODS:
             raise UserError(f"unknown start method {start_method!r} (known: {', '.join(START_METHODS)})")
         chosen = get_profile(profile)
-        chosen = _with_effort(chosen, processes, max_processes, ci_target, group_budget)
+        chosen = _with_effort(chosen, processes, max_processes, ci_target, group_budget, ci_run_sd=ci_run_sd)
         if batch_sizes is not None and batch_sizes.strip():
             sizes = [_parse_count(b.strip(), "batch sizes") for b in batch_sizes.split(",") if b.strip()]
             chosen = replace(chosen, batch_sizes=tuple(dict.fromkeys(sizes)))
@@ -151,14 +152,16 @@ def _with_effort(
     ci_target: str | None,
     group_budget: str | None,
     pyproject: Path = Path("pyproject.toml"),
+    ci_run_sd: str | None = None,
 ) -> Profile:
     """`profile` with the effort the options ask for: each given option, else the same key of
-    `[tool.bench_lib]` in `pyproject` (`max_processes`, `ci_target`, `group_budget_s`), else the
-    profile's. `processes` alone (without `max_processes`) fixes the number of processes."""
+    `[tool.bench_lib]` in `pyproject` (`max_processes`, `ci_target`, `group_budget_s`,
+    `ci_run_sd`), else the profile's. `processes` alone (without `max_processes`) fixes the number of processes."""
     table = _tool_table(pyproject)
     given = {k: v.strip() for k, v in (("max_processes", max_processes), ("ci_target", ci_target),
-             ("group_budget_s", group_budget)) if v is not None and v.strip()}  # fmt: skip
-    configured = {k: str(table[k]) for k in ("max_processes", "ci_target", "group_budget_s") if k in table}
+             ("group_budget_s", group_budget), ("ci_run_sd", ci_run_sd)) if v is not None and v.strip()}  # fmt: skip
+    keys = ("max_processes", "ci_target", "group_budget_s", "ci_run_sd")
+    configured = {k: str(table[k]) for k in keys if k in table}
     fixed = processes is not None and processes.strip() != "" and "max_processes" not in given
     if fixed:  # --bench-processes alone: exactly that many, whatever pyproject.toml says
         configured.pop("max_processes", None)
@@ -174,6 +177,8 @@ def _with_effort(
         profile = replace(profile, max_processes=maximum)
     if "ci_target" in values:
         profile = replace(profile, ci_target=_parse_number(values["ci_target"], "ci_target"))
+    if "ci_run_sd" in values:
+        profile = replace(profile, ci_run_sd=_parse_number(values["ci_run_sd"], "ci_run_sd", allow_zero=True))
     if "group_budget_s" in values:
         profile = replace(
             profile, group_budget_s=_parse_number(values["group_budget_s"], "group budget", allow_zero=True)
@@ -387,7 +392,7 @@ class BenchSession:
                 effort = {"stop_reason": stop_reason, "processes": processes}  # on every row of the group
                 self._groups[group] = {
                     c: replace(r, metrics={**r.metrics, **effort})
-                    for c, r in suite.add_ratios(by_case).items()
+                    for c, r in suite.add_ratios(by_case, self.config.profile.ci_run_sd).items()
                 }
         result = self._groups[group][case]
         self.writer.add(result)
@@ -405,7 +410,9 @@ class BenchSession:
 
 def widest_interval(suite: Suite, results: Mapping[str, CaseResult]) -> float | None:
     """The widest relative half-width of the ratio intervals of a group's pooled results (by
-    variant), or None when the group has no interval to judge (no ratio, or one process)."""
+    variant), or None when the group has no interval to judge (no ratio, or one process).
+    The intervals of the run's own processes: the part more processes can narrow (the spread
+    between runs, `ci_run_sd`, is added to the reported intervals only)."""
     if suite.ratio_column is None:
         return None
     column = suite.ratio_column

@@ -130,6 +130,23 @@ def test_show_and_the_html_and_markdown_reports(stepped, tmp_path, capsys):
     assert (tmp_path / "history_plots" / "inference-mlp-cpu-b32-grad.png").stat().st_size > 1000
 
 
+def test_show_marks_the_steps_without_importing_scipy_ruptures_or_pandas(stepped):
+    """What keeps `history show` under a second: its change points (latency steps here, so the
+    segmentation and the Mann-Whitney test both run) need none of these 0.3-0.9 s imports."""
+    import subprocess
+    import sys
+
+    db, _ = stepped
+    code = (
+        "import contextlib, io, sys; from bench_lib.cli import main; out = io.StringIO()\n"
+        f"with contextlib.redirect_stdout(out): main(['history', 'show', 'mlp-cpu-b32-grad', '--db', {str(db)!r}])\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'scipy', 'ruptures', 'pandas', 'torch', 'matplotlib'}\n"
+        "print('step: latency_ms_min +' in out.getvalue(), sorted(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True []"
+
+
 def gate(capsys, db: Path, candidate: Path, *extra: str) -> tuple[int, str]:
     capsys.readouterr()
     code = main(["history", "gate", str(candidate), "--db", str(db), "--branch", "main", *extra])

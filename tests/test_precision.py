@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench_lib.analysis.precision import coverage, distinct_names, target_share
+from bench_lib.analysis.precision import coverage, distinct_names, spread_beyond_intervals, target_share
 from bench_lib.cli import main
 from bench_lib.records.stats import t_half_width
 
@@ -48,6 +48,49 @@ def test_too_narrow_intervals_or_drift_between_runs_fail_the_coverage(shrink, ru
     runs = [simulated_run(rng, shrink=shrink, run_sd=run_sd) for _ in range(30)]
     c = coverage(runs, "latency_ratio_to_grad")
     assert c.share < 0.8 and c.worst
+
+
+def test_the_spread_between_runs_is_estimated_and_widening_by_it_restores_the_coverage():
+    """Runs that shift as a whole by sd 0.02 (about 2.3% of these ratios) beyond what their
+    processes show: `spread_beyond_intervals` finds that sd, and intervals widened by it
+    (`with_run_spread`, as a run with `ci_run_sd` set reports them) cover again; runs without
+    such a shift need none."""
+    from bench_lib.records.stats import Estimate, with_run_spread
+
+    rng = np.random.default_rng(3)
+    runs = [simulated_run(rng, run_sd=0.02) for _ in range(30)]
+    spread = spread_beyond_intervals(runs, "latency_ratio_to_grad")
+    assert 0.016 < spread < 0.032  # 0.02 / 0.7-0.95
+    assert coverage(runs, "latency_ratio_to_grad").share < 0.8
+    low, high, value = (
+        "latency_ratio_to_grad_ci_low",
+        "latency_ratio_to_grad_ci_high",
+        "latency_ratio_to_grad",
+    )
+    widened = []
+    for run in runs:
+        run = run.copy()
+        for i in run.index[run["mode"] == "no_grad"]:
+            e = with_run_spread(Estimate(run.at[i, value], run.at[i, low], run.at[i, high], 5), spread)
+            run.loc[i, [low, high]] = (e.low, e.high)
+        widened.append(run)
+    assert coverage(widened, "latency_ratio_to_grad").share >= 0.9
+    calm = [simulated_run(rng) for _ in range(30)]
+    assert spread_beyond_intervals(calm, "latency_ratio_to_grad") < 0.003
+
+
+def test_the_spread_between_runs_by_hand():
+    """One ratio in two runs, 0.8 and 0.8 * e^0.02, with intervals of width ~0: the variance of
+    the logs (0, 0.02) is 0.0002 (ddof 1), so the spread is sqrt(0.0002) = 0.014142."""
+
+    def run(value):
+        frame = simulated_run(np.random.default_rng(0)).iloc[:2].copy()
+        frame.loc[1, ["latency_ratio_to_grad", "latency_ratio_to_grad_ci_low", "latency_ratio_to_grad_ci_high"]] = (
+            value, value * (1 - 1e-12), value * (1 + 1e-12))  # fmt: skip
+        return frame
+
+    spread = spread_beyond_intervals([run(0.8), run(0.8 * np.exp(0.02))], "latency_ratio_to_grad")
+    assert spread == pytest.approx(0.0141421, rel=1e-5)
 
 
 def test_target_share_counts_ratios_not_their_references():

@@ -69,6 +69,13 @@ def test_effort_comes_from_options_then_pyproject_then_the_profile(tmp_path):
     assert _with_effort(default, "5", "9", None, None, toml).max_processes == 9
     toml.write_text("[tool.bench_lib]\nmax_processes = 3\n")  # below the full profile's 5
     assert _with_effort(PROFILES["full"], None, None, None, None, toml).max_processes == 5
+    # the spread between runs added to ratio intervals: option, then pyproject, then the profile
+    assert default.ci_run_sd == 0.012
+    toml.write_text("[tool.bench_lib]\nci_run_sd = 0.02\n")
+    assert _with_effort(default, None, None, None, None, toml).ci_run_sd == 0.02
+    assert _with_effort(default, None, None, None, None, toml, ci_run_sd="0").ci_run_sd == 0.0
+    with pytest.raises(UserError, match="ci_run_sd must be a number >= 0"):
+        _with_effort(default, None, None, None, None, toml, ci_run_sd="-0.01")
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,20 @@ def test_ratio_of_medians():
         ratio_of([1.0], [0.0])
 
 
+def test_a_ratio_interval_is_widened_by_the_spread_between_runs_in_quadrature():
+    from bench_lib.records.stats import Estimate, with_run_spread
+
+    within = Estimate(0.8, 0.8 * math.exp(-0.01), 0.8 * math.exp(0.01), n=5)
+    # by hand: z = 1.959964, z * 0.012 = 0.0235196; sqrt(0.01^2 + 0.0235196^2) = 0.0255572
+    wide = with_run_spread(within, 0.012)
+    assert (wide.value, wide.n) == (0.8, 5)
+    assert (wide.low, wide.high) == pytest.approx(
+        (0.8 * math.exp(-0.0255572), 0.8 * math.exp(0.0255572)), rel=1e-6
+    )
+    assert with_run_spread(within, 0.0) == within
+    assert with_run_spread(Estimate(0.8, n=1), 0.012) == Estimate(0.8, n=1)  # one process: no interval
+
+
 def test_trimmed_mean_drops_a_fifth_from_each_end():
     # 10 values: int(0.2 * 10) = 2 dropped from each end, by hand (3 + 4 + 5 + 6 + 7 + 8) / 6 = 5.5
     assert trimmed_mean([100.0, 0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 1.0, 90.0]) == pytest.approx(5.5)

@@ -79,6 +79,31 @@ def coverage(frames: Sequence[pd.DataFrame], figure: str) -> Coverage:
     return Coverage(figure, pairs, held, worst)
 
 
+def spread_beyond_intervals(frames: Sequence[pd.DataFrame], figure: str) -> float | None:
+    """How much a ratio moves from run to run beyond what its intervals allow for: the standard
+    deviation of its log between runs, less the (squared) standard errors the intervals state,
+    pooled over cases (a method-of-moments estimate of a random run effect, as in
+    DerSimonian-Laird): sqrt(mean over cases of var_runs(log value) - mean_runs(se^2)), se the
+    log half-width / 1.96. 0 when the intervals already cover the spread; None with fewer than
+    two runs of a case. What `ci_run_sd` should grow by (in quadrature) for these runs'
+    intervals to be honest."""
+    per_run = [figure_rows(f, figure).set_index(list(KEY_FIELDS)) for f in frames]
+    rows = pd.concat([r.assign(run=i) for i, r in enumerate(per_run) if not r.empty])
+    if rows.empty:
+        return None
+    rows = rows[(rows["value"] > 0) & (rows["high"] > 0)]
+    logs = np.log(rows["value"])
+    se2 = (np.log(rows["high"] / rows["value"]) / 1.959964) ** 2
+    by_case = pd.DataFrame({"log": logs, "se2": se2}).groupby(
+        level=list(range(len(KEY_FIELDS))), dropna=False
+    )
+    counts = by_case["log"].count()
+    excess = (by_case["log"].var(ddof=1) - by_case["se2"].mean())[counts >= 2]
+    if excess.empty:
+        return None
+    return float(np.sqrt(max(float(excess.mean()), 0.0)))
+
+
 def target_share(frame: pd.DataFrame, precision: float) -> tuple[int, int]:
     """(ratios within +-`precision` relative half-width, ratios with an interval) in one run."""
     rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
@@ -117,6 +142,13 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
         )
         if c.worst:
             lines.append(f"  furthest apart: {c.worst}")
+        if figure in RATIOS:
+            spread = spread_beyond_intervals(frames, figure)
+            if spread is not None:
+                lines.append(
+                    f"  spread between runs beyond the intervals: {spread:.2%} (sd of the log ratio; "
+                    + ("the intervals allow for it)" if spread == 0 else "add it to ci_run_sd in quadrature)")
+                )
     for name, frame in zip(names, frames, strict=True):
         met, total = target_share(frame, precision)
         rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)

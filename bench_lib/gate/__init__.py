@@ -47,7 +47,7 @@ import pandas as pd
 
 from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS, Case
-from bench_lib.records.schema import DETERMINISTIC_MEMORY, read_report, samples_path
+from bench_lib.records.schema import LATENCY, MEMORY_METRICS, read_report, samples_path
 
 # Decisions: what the data says about one metric of one case.
 PASS, REGRESSION, IMPROVED, INCONCLUSIVE, NOT_GATED, MISSING, BROKEN, NEW = (
@@ -64,9 +64,6 @@ PASS, REGRESSION, IMPROVED, INCONCLUSIVE, NOT_GATED, MISSING, BROKEN, NEW = (
 CLEARED, FAILING, UNDECIDED, REPORT_ONLY = "cleared", "failing", "undecided", "report-only"
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNDECIDED = 0, 1, 2, 3
 
-# The gated byte counts (on CUDA `mem_peak_bytes` is the allocator's peak already).
-MEMORY_METRICS = tuple(m for m in DETERMINISTIC_MEMORY if m.startswith("mem_"))
-LATENCY = "latency_ms_median"
 CASE = "case"
 # What must match for latency to be comparable at all.
 FINGERPRINT = ("machine_id", "torch_threads", "cpu_malloc")

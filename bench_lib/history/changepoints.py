@@ -15,7 +15,7 @@ out: they are no commit's figure.
   positive-only noise, as in Julia's BenchmarkTools). The median is shown beside it, and
   `--metric latency_ms_median` detects on it instead. The log of the series is segmented by
   binary segmentation (`ruptures.Binseg`, L1 cost, so that a few disturbed runs do not move a
-  level) with a penalty of `penalty` x the series' own noise x log(n), each segment at least
+  level; `segment.binseg_l1`, checked against ruptures in the tests) with a penalty of `penalty` x the series' own noise x log(n), each segment at least
   `min_size` commits long; the tests below decide which boundaries are steps. A segment
   shorter than `persist` commits whose neighbours agree within `min_change` is an excursion (a
   burst of load on the machine), not two steps, and is merged away. A step is then reported
@@ -40,7 +40,8 @@ from datetime import datetime
 import numpy as np
 
 from bench_lib.errors import UserError
-from bench_lib.gate import LATENCY, MEMORY_METRICS
+from bench_lib.history.segment import binseg_l1, mann_whitney_p
+from bench_lib.records.schema import LATENCY, MEMORY_METRICS
 
 FASTEST = "latency_ms_min"
 _SE_MOVED = 2.0  # standard errors beyond which a series counts as moved (machine-wide check)
@@ -198,16 +199,14 @@ def noise(log_values: np.ndarray) -> float:
 
 def segments(log_values: np.ndarray, rules: StepRules) -> list[int]:
     """Segment ends (exclusive, the last is n): binary segmentation with an L1 cost."""
-    import ruptures
-
     n = len(log_values)
     if n < 2 * rules.min_size:
         return [n]
     sigma = max(noise(log_values), 1e-3)
     # Binary segmentation, not PELT: ruptures' PELT is quadratic in pure Python (13 s for 1,000
     # commits here), binary segmentation 0.1-0.4 s, and it found the same steps in the tests.
-    algo = ruptures.Binseg(model="l1", min_size=rules.min_size, jump=1).fit(log_values.reshape(-1, 1))
-    return [int(b) for b in algo.predict(pen=rules.penalty * sigma * np.log(n))]
+    # `binseg_l1` is ruptures' Binseg without its 0.9 s of imports (tested against it).
+    return binseg_l1(log_values, rules.min_size, rules.penalty * sigma * np.log(n))
 
 
 def _merged(log_values: np.ndarray, ends: list[int], rules: StepRules) -> list[int]:
@@ -248,9 +247,7 @@ def _noisy_steps(series: Series, rules: StepRules) -> list[Step]:
         level_b, level_a = float(np.median(before)), float(np.median(after))
         if abs(level_a - level_b) < np.log1p(rules.min_change):
             continue
-        from scipy.stats import mannwhitneyu  # imported on the first step found (~1 s)
-
-        p = float(mannwhitneyu(after, before, alternative="two-sided").pvalue)
+        p = mann_whitney_p(after, before)
         if p >= rules.alpha:
             continue
         steps.append(

@@ -22,9 +22,8 @@ from typing import Any
 import pandas as pd
 
 from bench_lib.errors import UserError
-from bench_lib.gate import LATENCY, MEMORY_METRICS
 from bench_lib.records.cases import Case
-from bench_lib.records.schema import read_report
+from bench_lib.records.schema import LATENCY, MEMORY_METRICS, read_report
 
 FORMATS = ("bmf", "github-action-benchmark")
 

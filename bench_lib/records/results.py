@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bench_lib.records.cases import Case
-from bench_lib.records.stats import Samples, median_estimate, paired_ratio
+from bench_lib.records.stats import Samples, median_estimate, paired_ratio, with_run_spread
 
 K = TypeVar("K")
 OK, FAILED, OOM = "ok", "failed", "oom"
@@ -146,14 +146,16 @@ def with_ratios(
     reference: K | None,
     column: str,
     statistic: Callable[[Sequence[float]], float] = np.median,
+    run_sd: float = 0.0,
 ) -> dict[K, CaseResult]:
     """Add `column`, each result's latency ratio to the `reference` result's, and its 95%
     confidence interval (`<column>_ci_low`, `<column>_ci_high`) to the metrics.
 
     The ratio is paired: per process, median (or `statistic`) over the reference's from the same
     interleaved rounds, then the mean across processes, with a t-interval from their spread
-    (see `stats.paired_ratio`). None when the reference has no samples; no interval from one
-    process.
+    (see `stats.paired_ratio`), widened by the spread between runs `run_sd` (see
+    `stats.with_run_spread`; 0: the run's own processes only). None when the reference has no
+    samples; no interval from one process.
     """
     ref = results.get(reference) if reference is not None else None
     out = {}
@@ -161,6 +163,7 @@ def with_ratios(
         ratio = low = high = None
         if result.samples is not None and ref is not None and ref.samples is not None:
             estimate = paired_ratio(result.samples.by_process(), ref.samples.by_process(), statistic)
+            estimate = estimate if result is ref else with_run_spread(estimate, run_sd)
             ratio, low, high = estimate.value, estimate.low, estimate.high
         columns = {column: ratio, f"{column}_ci_low": low, f"{column}_ci_high": high}
         out[key] = replace(result, metrics={**result.metrics, **columns}) if result.ok else result

@@ -33,9 +33,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS
@@ -113,7 +114,7 @@ COLUMNS: tuple[Column, ...] = (
         "ratio",
         "finetune: step time / step time of strategy `full` with the same optimizer, model, device and batch size, measured interleaved: per process the ratio of 20%-trimmed means of the rounds (training steps can run at two speeds from round to round, between which a median of few rounds jumps), geometric mean over processes",
     ),
-    _C("latency_ratio_to_grad_ci_low", "float", "ratio", "lower end of the 95% confidence interval of latency_ratio_to_grad: a Student t-interval on the logs of the per-process ratios (the ratio is their geometric mean); empty with one process. An interval containing 1.0 is reported as no measurable difference"),
+    _C("latency_ratio_to_grad_ci_low", "float", "ratio", "lower end of the 95% confidence interval of latency_ratio_to_grad: a Student t-interval on the logs of the per-process ratios (the ratio is their geometric mean), widened in quadrature by 1.96 x ci_run_sd (the spread between runs that a run's processes cannot show; 1.2% by default), so that it says where another run's ratio would fall; empty with one process. An interval containing 1.0 is reported as no measurable difference"),
     _C("latency_ratio_to_grad_ci_high", "float", "ratio", "upper end of that interval"),
     _C("latency_ratio_to_full_ci_low", "float", "ratio", "finetune: lower end of the 95% confidence interval of latency_ratio_to_full (as for latency_ratio_to_grad)"),
     _C("latency_ratio_to_full_ci_high", "float", "ratio", "finetune: upper end of that interval"),
@@ -227,6 +228,10 @@ DETERMINISTIC_MEMORY = (
     "mem_activations_bytes",
     "cuda_max_allocated_bytes",
 )
+# The gated byte counts (on CUDA `mem_peak_bytes` is the allocator's peak already), and the
+# latency figure the gate and the history follow.
+MEMORY_METRICS = tuple(m for m in DETERMINISTIC_MEMORY if m.startswith("mem_"))
+LATENCY = "latency_ms_median"
 SAMPLE_COLUMNS = ("run_id", *KEY_FIELDS, "process", "round", "latency_ms", "host_latency_ms")
 
 _DTYPES = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean"}
@@ -234,6 +239,8 @@ _DTYPES = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean
 
 # Each migration takes a frame of version v and returns one of version v + 1.
 def _v1_to_v2(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     return frame.assign(inject=pd.NA, schema_version="2")
 
 
@@ -252,6 +259,8 @@ V3_ADDED = (
 
 
 def _v2_to_v3(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     return frame.assign(**{name: pd.NA for name in V3_ADDED if name not in frame}, schema_version="3")
 
 
@@ -259,6 +268,8 @@ def _v3_to_v4(frame: pd.DataFrame) -> pd.DataFrame:
     """The new columns are unknown for older runs (whose float32 cases ran with torch's settings).
     Version 3 CPU peaks counted tensor storages at op boundaries, not the allocator's high-water
     mark: another quantity, which compare and gate must not set against it."""
+    import pandas as pd
+
     added = (*V4_ADDED, "mem_disagreement", "cudnn_version")
     frame = frame.assign(**{name: pd.NA for name in added if name not in frame}, schema_version="4")
     cpu = frame["device"] == "cpu"
@@ -274,6 +285,8 @@ V5_ADDED = (
 
 
 def _v4_to_v5(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     return frame.assign(**{name: pd.NA for name in V5_ADDED if name not in frame}, schema_version="5")
 
 
@@ -282,6 +295,8 @@ _MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Rows (mappings of column name to value) as a frame with every schema column, typed."""
+    import pandas as pd
+
     rows = list(rows)
     unknown = {k for row in rows for k in row} - set(COLUMN_NAMES)
     if unknown:
@@ -295,6 +310,8 @@ _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
 def _as_bool(series: pd.Series) -> pd.Series:
     """True/False values, or their text as a CSV holds it, as a nullable boolean column."""
+    import pandas as pd
+
     if isinstance(series.dtype, pd.BooleanDtype):
         return series
     values = series.map(lambda v: None if pd.isna(v) else _BOOLS.get(str(v).strip().lower(), v))
@@ -355,6 +372,8 @@ def is_companion(path: Path) -> bool:
 
 def modules_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """By-module rows (run id, case key, `MODULE_COLUMNS`) as a typed frame."""
+    import pandas as pd
+
     frame = pd.DataFrame(list(rows), columns=list(MODULE_FILE_COLUMNS))
     kinds = {c.name: c.kind for c in (*COLUMNS, *MODULE_COLUMNS)}
     for name in MODULE_FILE_COLUMNS:
@@ -367,6 +386,8 @@ def modules_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 def read_modules(report: Path | str) -> pd.DataFrame | None:
     """The by-module companion of `report`, typed; None when there is none (reports before
     version 4, or runs that measured no memory). `UserError` when it is not one."""
+    import pandas as pd
+
     path = modules_path(Path(report))
     if not path.is_file():
         return None
@@ -390,6 +411,8 @@ def read_modules(report: Path | str) -> pd.DataFrame | None:
 
 def read_report(path: Path | str) -> pd.DataFrame:
     """Read and validate one report; raise `UserError` naming the file and the problem."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")

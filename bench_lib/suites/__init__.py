@@ -48,7 +48,9 @@ class Suite:
     ) -> dict[Case, CaseResult]:
         raise NotImplementedError
 
-    def add_ratios(self, results: Mapping[Case, CaseResult]) -> dict[Case, CaseResult]:
+    def add_ratios(self, results: Mapping[Case, CaseResult], run_sd: float = 0.0) -> dict[Case, CaseResult]:
+        """`results` with the suite's ratios and their intervals (widened by `run_sd`, the spread
+        between runs: see `stats.with_run_spread`; 0 for the run's own processes only)."""
         return dict(results)
 
     def report_sections(self, frame: pd.DataFrame) -> list[Section]:

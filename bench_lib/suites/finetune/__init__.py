@@ -68,7 +68,7 @@ class FinetuneSuite(Suite):
         )  # fmt: skip
         return {r.case: r for r in results.values()}
 
-    def add_ratios(self, results: Mapping[Case, CaseResult]) -> dict[Case, CaseResult]:
+    def add_ratios(self, results: Mapping[Case, CaseResult], run_sd: float = 0.0) -> dict[Case, CaseResult]:
         """Each optimizer's strategies against its own `full` step, per process as a ratio of
         trimmed means (see `stats.paired_ratio`: training steps that run at two speeds)."""
         from bench_lib.records.results import with_ratios
@@ -78,7 +78,7 @@ class FinetuneSuite(Suite):
         for optimizer in dict.fromkeys(c.optimizer for c in results):
             subset = {c: r for c, r in results.items() if c.optimizer == optimizer}
             reference = next((c for c in subset if c.strategy == FULL), None)
-            out |= with_ratios(subset, reference, "latency_ratio_to_full", trimmed_mean)
+            out |= with_ratios(subset, reference, "latency_ratio_to_full", trimmed_mean, run_sd)
         return {c: out[c] for c in results}
 
     def report_sections(self, frame: pd.DataFrame) -> list[Section]:

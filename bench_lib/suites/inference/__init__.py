@@ -47,11 +47,11 @@ class InferenceSuite(Suite):
         )  # fmt: skip
         return {r.case: r for r in results.values()}
 
-    def add_ratios(self, results: Mapping[Case, CaseResult]) -> dict[Case, CaseResult]:
+    def add_ratios(self, results: Mapping[Case, CaseResult], run_sd: float = 0.0) -> dict[Case, CaseResult]:
         from bench_lib.records.results import with_ratios
 
         reference = next((c for c in results if c.mode == REFERENCE_MODE and not c.compile), None)
-        return with_ratios(results, reference, "latency_ratio_to_grad")
+        return with_ratios(results, reference, "latency_ratio_to_grad", run_sd=run_sd)
 
     def report_sections(self, frame: pd.DataFrame) -> list[Section]:
         from bench_lib.analysis.report import inference_view
