@@ -126,9 +126,10 @@ class Profile:
     ci_target: float = 0.01
     group_budget_s: float = 0.0
     # The spread of a ratio between runs minutes apart beyond the run's own processes (sd of its
-    # log), added to every ratio interval (`stats.with_run_spread`): 1.2% here, the largest of
-    # three sets of five default runs on this project's 2-vCPU machine (1.0-1.2%); `bench_lib
-    # precision` estimates it from repeat runs on yours (0: the run's own processes only)
+    # log), added to every ratio interval (`stats.with_run_spread`): 1.2% here, the largest that
+    # `bench_lib precision` estimated over three sets of five default runs on this project's
+    # 2-vCPU machine (0%, 0.45%, 1.14%), rounded up; it estimates yours from repeat runs
+    # (0: the run's own processes only)
     ci_run_sd: float = 0.012
     # After a group's first process, later ones time about this many seconds of rounds (never
     # fewer than `min_rounds`): see `measure.runner.with_rounds` (0: always the full rounds)

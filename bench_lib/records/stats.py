@@ -149,11 +149,12 @@ def with_run_spread(estimate: Estimate, run_sd: float) -> Estimate:
     the standard deviation of a ratio's log from one run to the next beyond what the run's own
     processes show (`ci_run_sd`; what `bench_lib precision` estimates from repeat runs).
 
-    Why: the processes of one run span seconds, and the machine's state moves a ratio by about
-    1% from run to run minutes apart (three sets of five runs here: 1.0-1.2%, the same for every
-    case in one run); no number of processes inside a run can see that, so an interval of its
-    processes alone covers another run's estimate in 60-90% of pairs, not 95%. Unchanged
-    without an interval (one process) or with `run_sd` 0."""
+    Why: the processes of one run span seconds, and the machine's state moves the ratios of a
+    whole run together from one run to the next minutes apart (one run's inference ratios all
+    1.7% below the others'; spread beyond the processes' intervals 0-1.14% in three sets of five
+    runs here); no number of processes inside a run can see that, so intervals of the processes
+    alone covered another run's estimate in 60.6-91% of pairs, not 95%. Unchanged without an
+    interval (one process) or with `run_sd` 0."""
     if estimate.low is None or estimate.high is None or run_sd <= 0 or estimate.value <= 0:
         return estimate
     from scipy import stats as sps  # imported on first use: the records stay light to import

@@ -5,7 +5,7 @@ this package:
 - `cases(config)`: the cases a run asks for, given its `RunConfig`;
 - `measure(group, cases, request, device)`: what a worker process does for one interleaving group
   (the cases that differ only in their variant), returning a result per case;
-- `add_ratios(results)`: the latency ratios of a group's pooled results (to its reference case),
+- `add_ratios(results, run_sd)`: the latency ratios of a group's pooled results (to its reference case),
   in the column `ratio_column`, with their confidence intervals;
 - `report_sections(frame)`: its sections of the report (title, explanation, table).
 
