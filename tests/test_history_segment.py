@@ -73,3 +73,5 @@ def test_the_exact_u_distribution_by_hand():
     assert mann_whitney_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(2 / 20)
     with pytest.raises(ValueError):
         mann_whitney_p([], [1.0])
+    assert np.isnan(mann_whitney_p([1.0, float("nan"), 3.0], [4.0, 5.0]))  # scipy: nan too
+    assert mann_whitney_p([5.0] * 500_000, [5.0] * 500_000) == 1.0  # all tied, rounding below 0

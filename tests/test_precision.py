@@ -91,6 +91,8 @@ def test_the_spread_between_runs_by_hand():
 
     spread = spread_beyond_intervals([run(0.8), run(0.8 * np.exp(0.02))], "latency_ratio_to_grad")
     assert spread == pytest.approx(0.0141421, rel=1e-5)
+    nothing = pd.DataFrame([{"status": "ok"}])
+    assert spread_beyond_intervals([nothing, nothing], "latency_ratio_to_grad") is None
 
 
 def test_target_share_counts_ratios_not_their_references():

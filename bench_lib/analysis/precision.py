@@ -88,9 +88,10 @@ def spread_beyond_intervals(frames: Sequence[pd.DataFrame], figure: str) -> floa
     two runs of a case. What `ci_run_sd` should grow by (in quadrature) for these runs'
     intervals to be honest."""
     per_run = [figure_rows(f, figure).set_index(list(KEY_FIELDS)) for f in frames]
-    rows = pd.concat([r.assign(run=i) for i, r in enumerate(per_run) if not r.empty])
-    if rows.empty:
+    present = [r.assign(run=i) for i, r in enumerate(per_run) if not r.empty]
+    if not present:
         return None
+    rows = pd.concat(present)
     rows = rows[(rows["value"] > 0) & (rows["high"] > 0)]
     logs = np.log(rows["value"])
     se2 = (np.log(rows["high"] / rows["value"]) / 1.959964) ** 2

@@ -93,6 +93,8 @@ def mann_whitney_p(x: Sequence[float], y: Sequence[float]) -> float:
     n1, n2 = len(a), len(b)
     if n1 == 0 or n2 == 0:
         raise ValueError("both samples need values")
+    if np.isnan(a).any() or np.isnan(b).any():  # as scipy: no p-value from missing values
+        return float("nan")
     ranks, ties = _average_ranks(np.concatenate([a, b]))
     u1 = float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2
     u = max(u1, n1 * n2 - u1)
@@ -102,8 +104,9 @@ def mann_whitney_p(x: Sequence[float], y: Sequence[float]) -> float:
         return min(1.0, 2 * tail / math.comb(n1 + n2, n1))
     n = n1 + n2
     tie_term = float((ties.astype(float) ** 3 - ties).sum())
-    s = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))))
-    if s == 0:  # every value the same: nothing to tell apart
+    variance = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1)))
+    if variance <= 0:  # every value the same (rounding may leave it just below 0): nothing to tell apart
         return 1.0
+    s = math.sqrt(variance)
     z = (u - n1 * n2 / 2 - 0.5) / s
     return min(1.0, math.erfc(z / math.sqrt(2)))  # 2 x the normal's upper tail at z
