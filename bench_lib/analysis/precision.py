@@ -24,6 +24,7 @@ import pandas as pd
 
 from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS
+from bench_lib.records.stats import Z_CONFIDENCE
 
 RATIOS = ("latency_ratio_to_grad", "latency_ratio_to_full")
 FIGURES = (*RATIOS, "latency_ms_median")
@@ -94,7 +95,7 @@ def spread_beyond_intervals(frames: Sequence[pd.DataFrame], figure: str) -> floa
     rows = pd.concat(present)
     rows = rows[(rows["value"] > 0) & (rows["high"] > 0)]
     logs = np.log(rows["value"])
-    se2 = (np.log(rows["high"] / rows["value"]) / 1.959964) ** 2
+    se2 = (np.log(rows["high"] / rows["value"]) / Z_CONFIDENCE) ** 2
     by_case = pd.DataFrame({"log": logs, "se2": se2}).groupby(
         level=list(range(len(KEY_FIELDS))), dropna=False
     )

@@ -14,8 +14,9 @@ out: they are no commit's figure.
   rounds of the MLP stayed within 0.94x-1.25x; the minimum is the estimator of choice for
   positive-only noise, as in Julia's BenchmarkTools). The median is shown beside it, and
   `--metric latency_ms_median` detects on it instead. The log of the series is segmented by
-  binary segmentation (`ruptures.Binseg`, L1 cost, so that a few disturbed runs do not move a
-  level; `segment.binseg_l1`, checked against ruptures in the tests) with a penalty of `penalty` x the series' own noise x log(n), each segment at least
+  binary segmentation (L1 cost, so that a few disturbed runs do not move a level;
+  `segment.binseg_l1`, ruptures' `Binseg` by test) with a penalty of `penalty` x the series'
+  own noise x log(n), each segment at least
   `min_size` commits long; the tests below decide which boundaries are steps. A segment
   shorter than `persist` commits whose neighbours agree within `min_change` is an excursion (a
   burst of load on the machine), not two steps, and is merged away. A step is then reported
