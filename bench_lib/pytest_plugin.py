@@ -162,6 +162,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     bench = config.stash.get(SESSION_KEY, None)
     if bench is None or not bench.writer.rows:
         return
+    from bench_lib.analysis.precision import run_line
     from bench_lib.analysis.report import render_summary
 
     tr = terminalreporter
@@ -171,8 +172,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         f"machine {env.machine_id}: {env.cpu_model}, {env.cpu_count} CPUs, torch {env.torch_version}, "
         f"{env.torch_threads} thread(s)" + (f", {env.gpu_name}" if env.gpu_name else "")
     )
-    tr.write_line(render_summary(bench.writer.frame()))
+    frame = bench.writer.frame()
+    tr.write_line(render_summary(frame))
     tr.write_line("")
+    profile = bench.config.profile
+    if line := run_line(frame, profile.ci_target, profile.ci_run_sd):
+        tr.write_line(line)
     tr.write_line(f"report: {bench.writer.path} (copied to {bench.writer.results_dir / 'latest.csv'})")
     if HISTORY_KEY in config.stash:
         tr.write_line(config.stash[HISTORY_KEY])

@@ -8,6 +8,7 @@ import pytest
 
 from bench_lib.analysis.intervals import (
     NO_DIFFERENCE,
+    REFERENCE,
     Difference,
     Estimate,
     describe_ratio,
@@ -75,6 +76,9 @@ def test_table_cells_show_the_interval_and_say_no_measurable_difference():
     assert format_ratio(Estimate(0.98, 0.95, 1.01)) == f"0.980 ±0.030 ({NO_DIFFERENCE})"
     assert format_ratio(Estimate(0.96, 0.94, 0.98)) == "0.960 ±0.020"
     assert format_ratio(Estimate(0.98)) == "0.980"  # no interval: no remark
+    # the reference's own row (ratio 1, interval [1, 1]) is the reference, not "no difference"
+    assert format_ratio(Estimate(1.0, 1.0, 1.0)) == REFERENCE
+    assert format_ratio(Estimate(1.0, 0.99, 1.01)) == f"1.000 ±0.010 ({NO_DIFFERENCE})"  # measured
 
 
 def test_overlap_of_two_intervals():

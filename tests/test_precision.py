@@ -7,9 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench_lib.analysis.precision import coverage, distinct_names, spread_beyond_intervals, target_share
+from bench_lib.analysis.precision import (
+    coverage,
+    distinct_names,
+    own_half_width,
+    run_line,
+    spread_beyond_intervals,
+    target_share,
+)
 from bench_lib.cli import main
-from bench_lib.records.stats import t_half_width
+from bench_lib.records.stats import Estimate, t_half_width, with_run_spread
 
 TRUE = {("mlp", 1): 0.85, ("mlp", 32): 0.9, ("cnn", 1): 0.7, ("cnn", 32): 0.95}
 
@@ -93,6 +100,51 @@ def test_the_spread_between_runs_by_hand():
     assert spread == pytest.approx(0.0141421, rel=1e-5)
     nothing = pd.DataFrame([{"status": "ok"}])
     assert spread_beyond_intervals([nothing, nothing], "latency_ratio_to_grad") is None
+
+
+def test_the_runs_own_half_width_is_the_reported_one_without_the_spread_between_runs():
+    """Widened by ci_run_sd 1.2% (stats.with_run_spread), an interval of +-1% (log half-width
+    asinh(0.01)) must read back as +-1% of the run's own processes, and as +-0 when it held
+    nothing but the widening."""
+    h = float(np.arcsinh(0.01))
+    own = Estimate(0.8, 0.8 * np.exp(-h), 0.8 * np.exp(h))
+    widened = with_run_spread(own, 0.012)
+    assert widened.high > own.high
+    assert own_half_width(0.8, widened.high, 0.012) == pytest.approx(0.01, rel=1e-9)
+    assert own_half_width(0.8, widened.high, 0.0) > 0.025  # not unwidened: the reported width
+    bare = with_run_spread(Estimate(0.8, 0.8, 0.8 * (1 + 1e-15)), 0.012)
+    assert own_half_width(0.8, bare.high, 0.012) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_run_line_counts_ratios_within_target_on_their_own_intervals_and_the_stop_reasons():
+    """Four ratios with own half-widths 0.5%, 1%, 2%, 4%, each widened by ci_run_sd 1.2%
+    (+-2.35%): two are within a +-1% target; two groups stopped on target and two on budget."""
+    frame = simulated_run(np.random.default_rng(2))
+    ratios = frame["mode"].eq("no_grad")
+    for (i, row), own in zip(frame[ratios].iterrows(), (0.005, 0.01, 0.02, 0.04), strict=True):
+        h = float(np.arcsinh(own))
+        e = with_run_spread(Estimate(row.latency_ratio_to_grad, row.latency_ratio_to_grad * np.exp(-h),
+                                     row.latency_ratio_to_grad * np.exp(h)), 0.012)  # fmt: skip
+        frame.loc[i, ["latency_ratio_to_grad_ci_low", "latency_ratio_to_grad_ci_high"]] = (e.low, e.high)
+    groups = {
+        ("mlp", 1): ("target", 5),
+        ("mlp", 32): ("target", 6),
+        ("cnn", 1): ("budget", 4),
+        ("cnn", 32): ("budget", 9),
+    }
+    frame["stop_reason"] = [
+        groups[(m, b)][0] for m, b in zip(frame["model"], frame["batch_size"], strict=True)
+    ]
+    frame["processes"] = [groups[(m, b)][1] for m, b in zip(frame["model"], frame["batch_size"], strict=True)]
+    line = run_line(frame, ci_target=0.01, run_sd=0.012)
+    assert line.startswith("precision: 4 ratios, 95% intervals +-")
+    assert "including +-2.35% for the spread between runs (ci_run_sd 1.20%" in line
+    assert "2 of 4 within the target +-1.0% on the run's own processes" in line
+    assert "groups stopped on target 2, budget 2 (4-9 processes)" in line
+    assert "1 of 4 within the target +-0.5%" in run_line(frame, ci_target=0.005, run_sd=0.012)
+    # without the widening, the reported widths are the own ones: none of 2.4-4.3% is within 1%
+    assert "0 of 4 within" in run_line(frame, ci_target=0.01, run_sd=0.0)
+    assert run_line(frame[~ratios], 0.01, 0.012) == ""  # references only: no interval to speak of
 
 
 def test_target_share_counts_ratios_not_their_references():

@@ -30,10 +30,12 @@ def test_a_user_repository_uses_the_plugin_without_a_conftest(tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
            "--bench-profile=tiny", "--bench-models=mlp", "--bench-devices=cpu", "--bench-modes=grad,no_grad",
-           f"--bench-results-dir={results}", "test_mine.py"]  # fmt: skip
+           "--bench-processes=2", f"--bench-results-dir={results}", "test_mine.py"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "4 passed" in proc.stdout and "bench_lib summary" in proc.stdout
+    # two processes: the ratios have intervals, and the summary says how precise they are
+    assert "precision: 2 ratios, 95% intervals +-" in proc.stdout and "within the target" in proc.stdout
     frame = read_report(results / "latest.csv")
     assert sorted(frame["mode"].unique()) == ["grad", "no_grad"] and len(frame) == 4
 

@@ -127,8 +127,9 @@ def findings(frame: pd.DataFrame) -> list[Finding]:
 
 
 FINDINGS_TEXT = (
-    "Generated from the figures below. Ratios are interleaved medians with their 95% confidence "
-    "interval across worker processes; an interval containing 1.0 is no measurable difference, and a "
+    "Generated from the figures below. Ratios compare variants timed interleaved in the same worker "
+    "processes (medians per process for inference, trimmed means of training steps for fine-tuning), "
+    "with their 95% confidence interval across processes and runs; an interval containing 1.0 is no measurable difference, and a "
     "figure without an interval (one process) claims nothing either way. Memory figures are exact."
 )
 

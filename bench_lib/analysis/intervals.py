@@ -125,9 +125,20 @@ def format_estimate(e: Estimate, digits: int = 3) -> str:
     return f"{text} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
 
 
+REFERENCE = "1 (reference)"
+
+
+def is_reference(ratio: Estimate) -> bool:
+    """Whether `ratio` is a reference's ratio to itself: exactly 1 with the interval [1, 1]
+    (what the suites record for grad and full; a measured ratio's interval has a width)."""
+    return ratio.value == 1.0 and ratio.low == 1.0 and ratio.high == 1.0
+
+
 def format_ratio(ratio: Estimate, digits: int = 3) -> str:
     """A ratio for a table cell: the figure with its interval, and "no measurable difference"
-    after it when the interval contains 1.0."""
+    after it when the interval contains 1.0; REFERENCE for the reference's own row."""
+    if is_reference(ratio):
+        return REFERENCE
     text = format_estimate(ratio, digits)
     return f"{text} ({NO_DIFFERENCE})" if ratio_difference(ratio) is Difference.NONE else text
 

@@ -115,6 +115,46 @@ def target_share(frame: pd.DataFrame, precision: float) -> tuple[int, int]:
     return int((relative <= precision).sum()), len(rows)
 
 
+def own_half_width(value: float, high: float, run_sd: float) -> float:
+    """The relative half-width of a reported ratio interval without the spread between runs it
+    was widened by (`stats.with_run_spread`, in quadrature on the log scale): what the run's own
+    processes measured, which is what adaptive effort judges against `ci_target`."""
+    h = float(np.log(high / value))
+    return float(np.sinh(np.sqrt(max(h * h - (Z_CONFIDENCE * run_sd) ** 2, 0.0))))
+
+
+def run_line(frame: pd.DataFrame, ci_target: float, run_sd: float) -> str:
+    """One line on a run's precision for the console: how wide its ratio intervals are, what of
+    that is the spread between runs, how many ratios met the target and why groups stopped.
+    "" when no ratio has an interval (one process per group)."""
+    rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
+    if rows.empty:
+        return ""
+    relative = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
+    own = [own_half_width(v, h, run_sd) for v, h in zip(rows["value"], rows["high"], strict=True)]
+    met = sum(o <= ci_target * (1 + 1e-9) for o in own)
+    text = (
+        f"precision: {len(rows)} ratios, 95% intervals +-{relative.min():.1%} to +-{relative.max():.1%} "
+        f"(median +-{relative.median():.1%})"
+    )
+    if run_sd > 0:
+        text += (
+            f", each including +-{np.sinh(Z_CONFIDENCE * run_sd):.2%} for the spread between runs "
+            f"(ci_run_sd {run_sd:.2%}; `python -m bench_lib precision` on repeat runs estimates yours)"
+        )
+    text += f"; {met} of {len(rows)} within the target +-{ci_target:.1%} on the run's own processes"
+    if "stop_reason" in frame and "processes" in frame:
+        groups = frame[frame["status"].eq("ok")].drop_duplicates(
+            ["suite", "model", "device", "batch_size", "dtype"]
+        )
+        reasons = groups["stop_reason"].dropna().value_counts()
+        counts = pd.to_numeric(groups["processes"], errors="coerce").dropna()
+        if len(reasons) and len(counts):
+            stopped = ", ".join(f"{k} {v}" for k, v in reasons.items())
+            text += f"; groups stopped on {stopped} ({int(counts.min())}-{int(counts.max())} processes)"
+    return text
+
+
 def distinct_names(paths: Sequence[str]) -> list[str]:
     """Each path's shortest trailing part that tells it from the others (`run1/latest.csv`,
     `run2/latest.csv` rather than `latest.csv` twice); the whole path where nothing shorter does."""
