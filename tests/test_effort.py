@@ -102,6 +102,8 @@ def test_memory_is_traced_by_the_first_two_processes_and_calls_per_round_are_reu
     workers = FakeWorkers([0.7, 0.9] * 5)
     run(monkeypatch, workers, Effort(2, max_processes=5, ci_target=0.001))
     assert [r["memory"] for r in workers.requests] == [True, True, False, False, False]
+    # the same two run the semantic checks (a failure in either fails the pooled case)
+    assert [r["checks"] for r in workers.requests] == [True, True, False, False, False]
 
 
 @pytest.mark.parametrize(("processes", "maximum"), [(4, 2)])

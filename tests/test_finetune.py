@@ -320,12 +320,13 @@ def test_a_frozen_nograd_that_forgets_no_grad_fails(monkeypatch):
     assert results["sgd/full"].ok
 
 
-def test_the_strategy_checks_run_in_the_processes_that_measure_memory_only():
-    """They are deterministic, so a group's first two processes (memory=True) run them and its
-    later ones (memory=False) only time: the same broken frozen_nograd fails in the first and
-    is timed in a later one (whose result the group's first two fail anyway, see `runner.pool`)."""
+def test_the_strategy_checks_run_where_asked_and_by_default_with_memory():
+    """They are deterministic, so a group's first two processes run them (`checks`, which
+    `runner.run_group` sets with `memory`) and its later ones only time: the same broken
+    frozen_nograd fails where checked and is timed where not (whose pooled result the first
+    two fail anyway, see `runner.pool`)."""
     spec = spec_of(lambda: Net(linear_block(), LeaksAGraph()))
-    checked = measure_finetune_group(spec, DEVICE, 4, TINY, ["sgd/frozen_nograd"], memory=True)
+    checked = measure_finetune_group(spec, DEVICE, 4, TINY, ["sgd/frozen_nograd"], memory=False, checks=True)
     later = measure_finetune_group(spec, DEVICE, 4, TINY, ["sgd/frozen_nograd"], memory=False)
     assert failed_with(checked["sgd/frozen_nograd"], "frozen_nograd: autograd saved")
     assert later["sgd/frozen_nograd"].ok and later["sgd/frozen_nograd"].samples is not None

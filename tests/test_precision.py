@@ -138,13 +138,24 @@ def test_the_run_line_counts_ratios_within_target_on_their_own_intervals_and_the
     frame["processes"] = [groups[(m, b)][1] for m, b in zip(frame["model"], frame["batch_size"], strict=True)]
     line = run_line(frame, ci_target=0.01, run_sd=0.012)
     assert line.startswith("precision: 4 ratios, 95% intervals +-")
-    assert "including +-2.35% for the spread between runs (ci_run_sd 1.20%" in line
+    assert "each with +-2.35% for the spread between runs (ci_run_sd 1.20%" in line
     assert "2 of 4 within the target +-1.0% on the run's own processes" in line
-    assert "groups stopped on target 2, budget 2 (4-9 processes)" in line
+    assert "groups stopped: target 2, budget 2 (4-9 processes)" in line
     assert "1 of 4 within the target +-0.5%" in run_line(frame, ci_target=0.005, run_sd=0.012)
     # without the widening, the reported widths are the own ones: none of 2.4-4.3% is within 1%
     assert "0 of 4 within" in run_line(frame, ci_target=0.01, run_sd=0.0)
+    assert "(adaptive effort's measure; 0 with the spread between runs)" in line  # reported: 2.4-4.7%
     assert run_line(frame[~ratios], 0.01, 0.012) == ""  # references only: no interval to speak of
+    frame["stop_reason"] = "fixed"  # fixed effort (--bench-processes): no target was aimed at
+    fixed = run_line(frame, ci_target=0.01, run_sd=0.012)
+    assert "target" not in fixed and "groups stopped: fixed 4" in fixed
+
+
+def test_the_unaimed_stop_reasons_are_the_runners():
+    from bench_lib.analysis.precision import UNAIMED
+    from bench_lib.measure.runner import FIXED, NO_RATIO
+
+    assert {FIXED, NO_RATIO} == UNAIMED
 
 
 def test_target_share_counts_ratios_not_their_references():

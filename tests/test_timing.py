@@ -37,37 +37,6 @@ def test_samples_are_per_call_milliseconds_and_warmup_is_not_recorded():
     assert out.samples["a"].device_ms is None and out.errors == {}
 
 
-def test_timing_s_caps_the_rounds_from_the_last_warmup_round_but_not_below_min_rounds():
-    """Two variants of 0.1 s a call: a round lasts 0.2 s, so 1 s of timing fits 5 rounds."""
-    clock = FakeClock()
-
-    def timed(**kw):
-        variants = [Variant("a", clock.work(0.1)), Variant("b", clock.work(0.1))]
-        out = measure_interleaved(variants, CpuDevice(clock), rounds=30, iterations=1, **kw)
-        return len(out.samples["a"].host_ms), len(out.samples["b"].host_ms)
-
-    assert timed(warmup_rounds=2, timing_s=1.0) == (5, 5)
-    assert timed(warmup_rounds=2, timing_s=1.0, min_rounds=8) == (8, 8)
-    assert timed(warmup_rounds=2, timing_s=100.0) == (30, 30)  # a cap, never more rounds
-    assert timed(warmup_rounds=0, timing_s=1.0) == (30, 30)  # no warm-up round to judge from
-    assert timed(warmup_rounds=2) == (30, 30)  # no timing_s: the full rounds
-
-
-def test_the_cap_judges_the_last_warmup_round_not_the_first():
-    """A first call that costs 2 s (one-time set-up) must not cut the rounds to the minimum."""
-    clock = FakeClock()
-    calls = []
-
-    def work():
-        calls.append(1)
-        clock.now += 2.0 if len(calls) == 1 else 0.1
-
-    out = measure_interleaved(
-        [Variant("a", work)], CpuDevice(clock), rounds=30, warmup_rounds=2, iterations=1, timing_s=1.0
-    )
-    assert len(out.samples["a"].host_ms) == 10
-
-
 def test_variants_are_interleaved_with_rotating_start():
     order = []
     variants = [Variant(n, lambda n=n: order.append(n)) for n in "abc"]

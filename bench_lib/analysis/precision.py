@@ -27,6 +27,9 @@ from bench_lib.records.cases import KEY_FIELDS
 from bench_lib.records.stats import Z_CONFIDENCE
 
 RATIOS = ("latency_ratio_to_grad", "latency_ratio_to_full")
+# The stop reasons of groups that aimed at no target (`measure.runner`'s FIXED and NO_RATIO; not
+# imported from there: it imports torch, and the analysis side stays torch-free)
+UNAIMED = frozenset({"fixed", "no_ratio"})
 FIGURES = (*RATIOS, "latency_ms_median")
 
 
@@ -133,25 +136,28 @@ def run_line(frame: pd.DataFrame, ci_target: float, run_sd: float) -> str:
     relative = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
     own = [own_half_width(v, h, run_sd) for v, h in zip(rows["value"], rows["high"], strict=True)]
     met = sum(o <= ci_target * (1 + 1e-9) for o in own)
-    text = (
-        f"precision: {len(rows)} ratios, 95% intervals +-{relative.min():.1%} to +-{relative.max():.1%} "
-        f"(median +-{relative.median():.1%})"
-    )
+    text = f"precision: {len(rows)} ratios, 95% intervals +-{relative.min():.1%} to +-{relative.max():.1%}"
+    text += f" (median +-{relative.median():.1%})"
     if run_sd > 0:
         text += (
-            f", each including +-{np.sinh(Z_CONFIDENCE * run_sd):.2%} for the spread between runs "
-            f"(ci_run_sd {run_sd:.2%}; `python -m bench_lib precision` on repeat runs estimates yours)"
+            f", each with +-{np.sinh(Z_CONFIDENCE * run_sd):.2%} for the spread between runs (ci_run_sd "
+            f"{run_sd:.2%}; `bench_lib precision` on repeat runs measures it)"
         )
-    text += f"; {met} of {len(rows)} within the target +-{ci_target:.1%} on the run's own processes"
-    if "stop_reason" in frame and "processes" in frame:
-        groups = frame[frame["status"].eq("ok")].drop_duplicates(
-            ["suite", "model", "device", "batch_size", "dtype"]
+    groups = frame[frame["status"].eq("ok")].drop_duplicates(
+        ["suite", "model", "device", "batch_size", "dtype"]
+    )
+    reasons = groups["stop_reason"].dropna().value_counts() if "stop_reason" in groups else pd.Series()
+    if set(reasons.index) - UNAIMED:  # adaptive effort aimed at the target
+        reported = int((relative <= ci_target * (1 + 1e-9)).sum())
+        text += (
+            f"; {met} of {len(rows)} within the target +-{ci_target:.1%} on the run's own processes "
+            f"(adaptive effort's measure; {reported} with the spread between runs)"
         )
-        reasons = groups["stop_reason"].dropna().value_counts()
+    if "processes" in groups:
         counts = pd.to_numeric(groups["processes"], errors="coerce").dropna()
         if len(reasons) and len(counts):
             stopped = ", ".join(f"{k} {v}" for k, v in reasons.items())
-            text += f"; groups stopped on {stopped} ({int(counts.min())}-{int(counts.max())} processes)"
+            text += f"; groups stopped: {stopped} ({int(counts.min())}-{int(counts.max())} processes)"
     return text
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from bench_lib.analysis.intervals import Estimate, format_estimate, format_ratio, intervals_overlap
+from bench_lib.analysis.intervals import REFERENCE, Estimate, format_estimate, format_ratio, intervals_overlap
 from bench_lib.measure.telemetry import SLOWDOWNS
 from bench_lib.records.cases import MODE_NAMES, REFERENCE_MODE, Case
 from bench_lib.records.stats import MIN_ROUNDS_FOR_P99, NOISY_IQR_FRACTION
@@ -191,7 +191,9 @@ def finetune_view(frame: pd.DataFrame) -> pd.DataFrame:
         return table
     out = pd.DataFrame(index=table.index)
     out["step (ms)"] = _estimates(table, "latency_ms_median").map(format_ms_estimate)
-    out["step / full"] = _estimates(table, "latency_ratio_to_full").map(format_ratio)
+    ratios = _estimates(table, "latency_ratio_to_full").map(format_ratio)
+    full = table.index.get_level_values(-1) == "full"  # the reference, with or without an interval
+    out["step / full"] = ratios.where(~full | ratios.eq("-"), REFERENCE)
     unit = byte_unit(table[list(FINETUNE_LABELS)])
     for col, label in FINETUNE_LABELS.items():
         out[f"{label} ({unit[0]})"] = table[col].map(lambda n: format_bytes_in(n, unit))

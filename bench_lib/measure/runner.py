@@ -67,6 +67,8 @@ def run_group(
     them); the following ones reuse its figure, so that their samples pool. Memory is traced by
     the first two processes only (the trace costs time; see `measure.memory_trace`): its
     figures are exact and deterministic, so the two must agree, and `pool` names any difference.
+    The same two run the suites' semantic checks (`checks`; deterministic too): a case that fails
+    them in either fails in the pooled result (`pool`), and later processes only time.
     0 processes measures in this process instead (for debugging; no isolation). `cases` names
     the group's cases by variant, so a worker that dies can be reported against each of them.
     """
@@ -79,7 +81,8 @@ def run_group(
     limit = max(effort.processes, effort.max_processes)
     while True:
         began = clock()
-        parts.append(_run_worker({**request, "memory": len(parts) < 2}, cases, start_method))
+        first_two = len(parts) < 2  # they trace memory and run the suites' semantic checks
+        parts.append(_run_worker({**request, "memory": first_two, "checks": first_two}, cases, start_method))
         durations.append(clock() - began)
         request = with_rounds(with_iterations(request, parts[-1]), parts[-1])
         if len(parts) < effort.processes or (effort.adaptive and len(parts) < 2):

@@ -100,17 +100,8 @@ def measure_interleaved(
     rounds: int,
     warmup_rounds: int,
     iterations: int,
-    timing_s: float = 0.0,
-    min_rounds: int = 1,
 ) -> Interleaved:
     """Time `variants` round-robin: `warmup_rounds` untimed rounds, then `rounds` timed ones.
-
-    With `timing_s` (and a warm-up round), the timed rounds are capped to those that fit in about
-    `timing_s` seconds, judged from the last warm-up round (host time of all its variants), but
-    never fewer than `min_rounds`: a group's first process then times about as long as its later
-    ones (`runner.with_rounds` caps theirs the same way), which pays, as the processes count
-    alike in a ratio's interval (a batch-32 CNN step's ten rounds took 5 s in the first process
-    where the others timed five in 2.5 s).
 
     A variant that raises (out of memory, say) is dropped from the remaining rounds and its
     exception reported in `errors`, without its traceback; what the failed call allocated is then
@@ -124,10 +115,8 @@ def measure_interleaved(
     host: dict[str, list[float]] = {v.name: [] for v in variants}
     dev: dict[str, list[float]] = {v.name: [] for v in variants}
     with gc_disabled():
-        r = 0
-        while r < warmup_rounds + rounds:
+        for r in range(warmup_rounds + rounds):
             shift = r % len(active) if active else 0
-            round_s = 0.0
             for variant in active[shift:] + active[:shift]:
                 timed = _run_round(variant, device, iterations)
                 if isinstance(timed, BaseException):
@@ -135,15 +124,11 @@ def measure_interleaved(
                     del timed
                     _release(device)
                     continue
-                round_s += timed.host_s
                 if r >= warmup_rounds:
                     host[variant.name].append(timed.host_s * 1e3 / iterations)
                     if timed.device_s is not None:
                         dev[variant.name].append(timed.device_s * 1e3 / iterations)
             active = [v for v in active if v.name not in result.errors]
-            if r == warmup_rounds - 1 and timing_s > 0 and round_s > 0:
-                rounds = min(rounds, max(int(timing_s / round_s * (1 + 1e-9)), min_rounds))
-            r += 1
     for v in active:
         result.samples[v.name] = Samples(
             iterations=iterations,

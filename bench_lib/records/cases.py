@@ -131,9 +131,8 @@ class Profile:
     # 2-vCPU machine (0%, 0.45%, 1.14%), rounded up; it estimates yours from repeat runs
     # (0: the run's own processes only)
     ci_run_sd: float = 0.012
-    # Every process of a group times about this many seconds of rounds (never fewer than
-    # `min_rounds`): the first judges from its last warm-up round (`timing.measure_interleaved`),
-    # later ones from the first's samples (`measure.runner.with_rounds`) (0: always the full rounds)
+    # After a group's first process, later ones time about this many seconds of rounds (never
+    # fewer than `min_rounds`): see `measure.runner.with_rounds` (0: always the full rounds)
     process_timing_s: float = 0.0
     min_rounds: int = 5
     checkpoint_frozen: bool = False  # fine-tuning also runs frozen_<k>+checkpoint (one more variant)

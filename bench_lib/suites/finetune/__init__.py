@@ -65,6 +65,7 @@ class FinetuneSuite(Suite):
         results = measure_finetune_group(
             model_spec(request), device, group.batch_size, profile_of(request),
             [c.variant for c in cases], dtype=group.dtype, memory=request.get("memory", True),
+            checks=request.get("checks", True),
         )  # fmt: skip
         return {r.case: r for r in results.values()}
 

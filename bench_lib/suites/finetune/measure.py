@@ -690,16 +690,19 @@ def measure_finetune_group(
     variants: Sequence[str],
     dtype: str = FLOAT32,
     memory: bool = True,
+    checks: bool | None = None,
 ) -> dict[str, CaseResult]:
     """Measure the asked-for `<optimizer>/<strategy>` variants of one model, device and batch
     size, interleaved. With `memory`, each variant's memory is first measured alone
     (`measure_variant_memory`: nothing of another variant is live meanwhile). Then each variant
-    gets one untimed step (creating optimizer state) and, with `memory`, its strategy's checks
-    (`frozen_nograd`: no_grad; `checkpoint`, `lora`: `_strategy_problem`; deterministic, so the
-    two processes of a group that measure memory run them, not every process: 0.6 s of a 5 s
-    batch-32 CNN process); then all variants are timed round-robin, one training step per call,
+    gets one untimed step (creating optimizer state) and, with `checks` (default: as `memory`),
+    its strategy's checks (`frozen_nograd`: no_grad; `checkpoint`, `lora`: `_strategy_problem`;
+    deterministic, so `runner.run_group` has a group's first two processes run them, not every
+    process: 0.6 s of a 5 s batch-32 CNN process; a failure in either fails the pooled case);
+    then all variants are timed round-robin, one training step per call,
     and checked against their strategy's promise (`check_after_steps`, in every process). The `full` variant of each optimizer is
     always measured, because the ratios need it."""
+    run_checks = memory if checks is None else checks
     group = Case(FINETUNE, spec.name, device.kind, "", batch_size, dtype)
     asked = [group.with_variant(v) for v in variants]
     optimizers = dict.fromkeys(c.optimizer for c in asked)
@@ -757,7 +760,7 @@ def measure_finetune_group(
                 }
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss is {loss.item()}")
-            if (strategy.checkpoint or strategy.lora) and memory:
+            if (strategy.checkpoint or strategy.lora) and run_checks:
                 if strategy.name not in problems:
                     problems[strategy.name] = _strategy_problem(
                         start, device, strategy, dtype, metrics, cases
@@ -765,7 +768,7 @@ def measure_finetune_group(
                 if problem := problems[strategy.name]:
                     results[variant] = CaseResult(case, FAILED, problem, metrics=metrics[variant])
                     continue
-            if strategy.nograd and memory:
+            if strategy.nograd and run_checks:
                 if optimizer not in mismatch:
                     mismatch[optimizer] = nograd_trunk_violation(
                         start, device, optimizer, n_blocks, dtype
@@ -793,8 +796,6 @@ def measure_finetune_group(
         rounds=profile.finetune_rounds,
         warmup_rounds=profile.finetune_warmup_rounds,
         iterations=iterations,
-        timing_s=profile.process_timing_s,
-        min_rounds=profile.min_rounds,
     )
     for variant, error in timed.errors.items():
         results[variant] = failure(cases[variant], error, **metrics[variant])

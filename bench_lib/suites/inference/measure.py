@@ -208,8 +208,6 @@ def measure_inference_group(
         rounds=profile.rounds,
         warmup_rounds=profile.warmup_rounds,
         iterations=iterations,
-        timing_s=profile.process_timing_s,
-        min_rounds=profile.min_rounds,
     )
     for mode, error in timed.errors.items():
         results[mode] = failure(cases[mode], error, **metrics[mode])
