@@ -157,7 +157,8 @@ def run_line(frame: pd.DataFrame, ci_target: float, run_sd: float) -> str:
         counts = pd.to_numeric(groups["processes"], errors="coerce").dropna()
         if len(reasons) and len(counts):
             stopped = ", ".join(f"{k} {v}" for k, v in reasons.items())
-            text += f"; groups stopped: {stopped} ({int(counts.min())}-{int(counts.max())} processes)"
+            low, high = int(counts.min()), int(counts.max())
+            text += f"; groups stopped: {stopped} ({low if low == high else f'{low}-{high}'} processes)"
     return text
 
 

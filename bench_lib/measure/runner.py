@@ -121,9 +121,11 @@ def with_rounds(request: Mapping[str, Any], results: Mapping[str, CaseResult]) -
     paid the one-time costs: a batch-32 CNN step's three warm-up rounds took 2 s per process).
     Unchanged without a cap or samples.
 
-    Why: the spread between processes, not within them, limits a ratio's precision, so a group
-    whose rounds are long (a batch of 32 training steps) gains more from another process than
-    from more rounds in this one."""
+    Why: for inference the spread between processes, not within them, limits a ratio's
+    precision, so another process gains more than more rounds in this one. Fine-tuning steps
+    showed no process effect here (their spread between processes is what their rounds predict,
+    README "How precise are the figures"): for them the cap spreads the steps over more
+    processes, which is what the interval's degrees of freedom need."""
     profile = request["profile"]
     cap_s = profile.get("process_timing_s") or 0.0
     timed = [r.samples for r in results.values() if r.samples is not None]
