@@ -129,7 +129,8 @@ def findings(frame: pd.DataFrame) -> list[Finding]:
 FINDINGS_TEXT = (
     "Generated from the figures below. Ratios compare variants timed interleaved in the same worker "
     "processes (medians per process for inference, trimmed means of training steps for fine-tuning), "
-    "with their 95% confidence interval across processes, widened for the spread between runs (ci_run_sd); an interval containing 1.0 is no measurable difference, and a "
+    "with their 95% confidence interval across processes, widened for the spread between runs "
+    "(ci_run_sd); an interval containing 1.0 is no measurable difference, and a "
     "figure without an interval (one process) claims nothing either way. Memory figures are exact."
 )
 

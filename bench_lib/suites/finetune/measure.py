@@ -699,9 +699,9 @@ def measure_finetune_group(
     its strategy's checks (`frozen_nograd`: no_grad; `checkpoint`, `lora`: `_strategy_problem`;
     deterministic, so `runner.run_group` has a group's first two processes run them, not every
     process: 0.6 s of a 5 s batch-32 CNN process; a failure in either fails the pooled case);
-    then all variants are timed round-robin, one training step per call,
-    and checked against their strategy's promise (`check_after_steps`, in every process). The `full` variant of each optimizer is
-    always measured, because the ratios need it."""
+    then all variants are timed round-robin, one training step per call, and checked against
+    their strategy's promise (`check_after_steps`, in every process). The `full` variant of each
+    optimizer is always measured, because the ratios need it."""
     run_checks = memory if checks is None else checks
     group = Case(FINETUNE, spec.name, device.kind, "", batch_size, dtype)
     asked = [group.with_variant(v) for v in variants]
