@@ -109,13 +109,18 @@ def spread_beyond_intervals(frames: Sequence[pd.DataFrame], figure: str) -> floa
     return float(np.sqrt(max(float(excess.mean()), 0.0)))
 
 
+def ratio_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every ratio with an interval in one run (`figure_rows` of both ratio figures), with its
+    relative half-width in `relative`."""
+    rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
+    rows["relative"] = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
+    return rows
+
+
 def target_share(frame: pd.DataFrame, precision: float) -> tuple[int, int]:
     """(ratios within +-`precision` relative half-width, ratios with an interval) in one run."""
-    rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
-    if rows.empty:
-        return 0, 0
-    relative = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
-    return int((relative <= precision).sum()), len(rows)
+    rows = ratio_rows(frame)
+    return int((rows["relative"] <= precision).sum()), len(rows)
 
 
 def own_half_width(value: float, high: float, run_sd: float) -> float:
@@ -130,10 +135,10 @@ def run_line(frame: pd.DataFrame, ci_target: float, run_sd: float) -> str:
     """One line on a run's precision for the console: how wide its ratio intervals are, what of
     that is the spread between runs, how many ratios met the target and why groups stopped.
     "" when no ratio has an interval (one process per group)."""
-    rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
+    rows = ratio_rows(frame)
     if rows.empty:
         return ""
-    relative = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
+    relative = rows["relative"]
     own = [own_half_width(v, h, run_sd) for v, h in zip(rows["value"], rows["high"], strict=True)]
     met = sum(o <= ci_target * (1 + 1e-9) for o in own)
     text = f"precision: {len(rows)} ratios, 95% intervals +-{relative.min():.1%} to +-{relative.max():.1%}"
