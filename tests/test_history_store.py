@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -181,6 +182,37 @@ def test_several_writers_at_once_lose_and_duplicate_nothing(db, tmp_path):
     assert len(stored) == writers * each + 1
     assert set(stored.values()) == {(CASES, stored[Path(shared).stem][1], SAMPLED * 2)}
     assert counts(db)["cases"] == CASES
+
+
+def test_a_new_sqlite_file_waits_for_another_opener_switching_it_to_wal(tmp_path):
+    """Switching to WAL upgrades a read lock, which SQLite's busy timeout does not cover: the
+    second of two first openers of a new file got "database is locked" at once (a CI run, 4
+    writers). Another connection holding the write lock of the empty file for 0.3 s stands in for
+    the first opener; the store waits for it, and a lock held past the timeout is still an error."""
+    path = tmp_path / "history.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, other.rollback)
+    release.start()
+    try:
+        with Store.open(str(path)) as store:
+            assert [a.outcome for a in add_reports(store, [write_run(tmp_path, 1)], branch="main")] == [
+                "added"
+            ]
+    finally:
+        release.join()
+    assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    other.close()
+
+    stuck = sqlite3.connect(tmp_path / "stuck.sqlite", isolation_level=None)
+    stuck.execute("BEGIN IMMEDIATE")
+    opener = sqlite3.connect(tmp_path / "stuck.sqlite", isolation_level=None)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        store_module._switch_to_wal(opener.cursor(), timeout_s=0.2)
+    assert 0.1 < time.monotonic() - started < 5
+    stuck.close()
+    opener.close()
 
 
 def test_older_report_schemas_are_migrated(db):

@@ -20,13 +20,16 @@ Tables (store schema history: bump `STORE_VERSION` and add a step to `_MIGRATION
   float64 arrays in round order (`latency_ms`, `host_latency_ms`).
 
 Concurrency: every run is added in one transaction (all of it or nothing). SQLite runs in WAL
-mode with a busy timeout, and writers take the lock when they begin (`BEGIN IMMEDIATE`), so
-several processes can add runs at once; on PostgreSQL the unique keys settle races.
+mode with a busy timeout (the switch to WAL waits too), and writers take the lock when they begin
+(`BEGIN IMMEDIATE`), so several processes can add runs at once, to a new file as well; on
+PostgreSQL the unique keys settle races.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -515,6 +518,24 @@ def _insert_ignoring(store: Store, table: sa.Table, unique: list[str]) -> Any:
     return postgresql.insert(table).on_conflict_do_nothing(index_elements=unique)
 
 
+def _switch_to_wal(cursor: sqlite3.Cursor, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """`PRAGMA journal_mode = WAL`, waiting for other writers as the busy timeout would. Switching
+    a file's mode takes a read lock and then upgrades it, and SQLite does not wait (no busy
+    handler) on an upgrade: of several first openers of a new file all but one got "database is
+    locked" at once (4 writers at once: ~1 in 10 tries)."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.1)
+
+
 def _sqlite_settings(engine: sa.Engine) -> None:
     """WAL (readers never wait for the writer), a busy timeout (writers wait for each other),
     foreign keys on, and transactions that take the write lock when they begin when they write,
@@ -526,7 +547,7 @@ def _sqlite_settings(engine: sa.Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
