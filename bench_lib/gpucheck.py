@@ -81,7 +81,7 @@ class Plan:
 # Estimated on the GPU (H200): facts ~10 s, matmul ~20 s, bench-1 ~100-150 s (25 worker processes,
 # each ~1.5 s to start CUDA), bench-2 ~40 s, cuda-tests ~30-60 s (torch.compile); ~4 min in all.
 PLANS = {
-    "cuda": Plan("gpu", "", "float32,tf32,bfloat16,float16", "adamw", 4096, 40, 0.05, 2.0, 300.0,
+    "cuda": Plan("gpu", "", "float32,tf32,bfloat16,float16", "adamw", 4096, 40, 0.05, 2.0, 480.0,
                  {"facts": 60, "matmul": 90, "bench-1": 210, "bench-2": 100, "cuda-tests": 150}),
     "cpu": Plan("tiny", "mlp", "float32", "", 256, 301, 0.0005, 0.5, 600.0,
                 {"facts": 60, "matmul": 90, "bench-1": 300, "bench-2": 200, "cuda-tests": 120}),
@@ -279,7 +279,7 @@ def undisturbed(frame: pd.DataFrame) -> dict[str, Any]:
     busy = sorted({f"{r.suite}-{r.model}-{r.dtype}: {int(r.gpu_other_processes)}"
                    for r in cuda.itertuples() if not pd.isna(r.gpu_other_processes) and r.gpu_other_processes > 0})  # fmt: skip
     return {"cuda_cases": len(cuda), "known": int(others.notna().sum()), "with_other_processes": busy,
-            "passed": len(cuda) > 0 and others.notna().all() and not busy}  # fmt: skip
+            "passed": bool(len(cuda) > 0 and others.notna().all() and not busy)}  # fmt: skip
 
 
 def float32_modes(frame: pd.DataFrame) -> dict[str, Any]:
@@ -371,7 +371,7 @@ def benchmark_cmd(results: Path, kind: str, plan: Plan, select: str) -> list[str
     cmd = [
         sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
         f"--bench-profile={plan.profile}", f"--bench-devices={kind}", f"--bench-dtypes={plan.dtypes}",
-        f"--bench-results-dir={results}", "-k", select,
+        f"--bench-results-dir={results}", "--bench-history=off", "-k", select,
     ]  # fmt: skip
     cmd += [f"--bench-models={plan.models}"] if plan.models else []
     return cmd + ([f"--bench-optimizers={plan.optimizers}"] if plan.optimizers else [])
@@ -478,7 +478,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Plan]:
         "--matmul-size", type=int, help="n of the n x n matmul (default: 4096 on CUDA, 256 on the CPU)"
     )
     p.add_argument(
-        "--time-limit", type=float, help="seconds for all steps (default: 300 on CUDA, 600 on the CPU)"
+        "--time-limit", type=float, help="seconds for all steps (default: 480 on CUDA, 600 on the CPU)"
     )
     args = p.parse_args(argv)
     plan = PLANS[args.device]
@@ -589,7 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("matmul clocks: " + "; ".join(f"{c['at']} SM {c['sm_mhz']} MHz, {c['temp_c']} C, {c['power_w']} W, "
                                           f"reasons {c['throttle']}" for c in picked))  # fmt: skip
     log(summary_table(check.results))
-    failed = [k for k, v in check.results.items() if isinstance(v, dict) and v.get("passed") is False]
+    failed = [
+        k for k, v in check.results.items() if isinstance(v, dict) and "passed" in v and not v["passed"]
+    ]
     log(
         f"gpu-check: {'all checks passed' if not failed else 'FAILED: ' + ', '.join(failed)} (details in {out / 'checks.json'})"
     )

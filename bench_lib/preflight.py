@@ -28,6 +28,8 @@ OPTIONAL = {
     "matplotlib": "the HTML report has no plots",
     "tabulate": "no Markdown report",
     "scipy": "not used by gpu-check (the gate's significance test needs it)",
+    "sqlalchemy": "not used by gpu-check (the results history needs it)",
+    "psycopg": "not used by gpu-check (a PostgreSQL results history needs it)",
 }
 
 

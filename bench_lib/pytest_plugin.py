@@ -146,13 +146,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if bench is None:
         return
     path = bench.close()
-    if path is not None:  # the run joins the results history (--bench-history=off: not)
+    config = session.config
+    history = config.getoption("--bench-history")
+    off = str(history).strip().lower() in ("off", "0", "no", "false", "")
+    if path is not None and not off:  # the run joins the results history (off: not, and the
+        # history's database libraries are not even imported: gpu-check runs without them)
         from bench_lib.history.ingest import add_session_run
 
-        config = session.config
-        line = add_session_run(
-            path, config.getoption("--bench-history"), bench.config.results_dir, config.rootpath
-        )
+        line = add_session_run(path, history, bench.config.results_dir, config.rootpath)
         if line:
             config.stash[HISTORY_KEY] = line
 

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from bench_lib.measure.devices import CudaDevice
 from bench_lib.measure.timing import Variant, calibrate_iterations, measure_interleaved
 from bench_lib.models import ZOO, ModelInstance, ModelSpec
 from bench_lib.preflight import compile_problem
-from bench_lib.records.cases import Profile, get_profile
+from bench_lib.records.cases import Case, Profile, get_profile
 from bench_lib.suites.inference.measure import measure_inference_group
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -69,8 +70,8 @@ def test_a_group_records_its_float32_settings_and_telemetry():
     profile = {**get_profile("tiny").__dict__, "batch_sizes": [8], "energy_seconds": 0.0}
     rows = {}
     for dtype in ("float32", "tf32"):
-        request = {"suite": "inference", "model": "cnn", "device": "cuda", "batch_size": 8, "dtype": dtype,
-                   "variants": ["grad", "no_grad"], "profile": profile, "threads": 1}  # fmt: skip
+        cases = [Case("inference", "cnn", "cuda", mode, 8, dtype) for mode in ("grad", "no_grad")]
+        request = {"cases": [asdict(c) for c in cases], "model": "cnn", "profile": profile, "threads": 1}
         rows[dtype] = run_request(request)["no_grad"].row()
     assert (rows["float32"]["cuda_matmul_tf32"], rows["float32"]["cudnn_tf32"]) == (False, False)
     assert (rows["tf32"]["cuda_matmul_tf32"], rows["tf32"]["cudnn_tf32"]) == (True, True)

@@ -503,6 +503,9 @@ def test_preflight_says_each_missing_piece_in_one_line(monkeypatch):
         "preflight: warning matplotlib: not installed"
     )
     assert preflight.package_finding("torch", "2.4", None, "2.11.0+cu130").ok
+    # the history's database libraries: the GPU machine has none, gpu-check does not need them
+    for name in ("sqlalchemy", "psycopg", "scipy"):
+        assert not preflight.package_finding(name, "1.0", None, None).required
     newer = preflight.package_finding("pytest", "8.0", "10", "10.1")
     assert not newer.required and newer.line() == (
         "preflight: warning pytest: 10.1 installed, newer than tested (>= 8.0 and < 10): going on"
@@ -551,6 +554,9 @@ def test_gpu_check_verdicts_on_report_frames():
 
     good = to_frame([row("float32", 0, False, False), row("tf32", 0, True, True)])
     assert float32_modes(good)["passed"] and undisturbed(good)["passed"] and energy_coverage(good)["passed"]
+    unknown = to_frame([row("float32", None, False, False), row("tf32", 0, True, True)])
+    # a Python bool: the final tally and checks.json read it (numpy's False is not `False`)
+    assert undisturbed(unknown)["passed"] is False
     bad = to_frame([row("float32", 1, False, True, None), row("tf32", None, True, True)])
     assert float32_modes(bad)["wrong"] == ["inference-cnn-float32: cuBLAS TF32 False, cuDNN TF32 True"]
     assert (

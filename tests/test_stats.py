@@ -60,6 +60,13 @@ def test_trimmed_mean_drops_a_fifth_from_each_end():
     assert trimmed_mean([1.0, 2.0, 1.0, 2.0, 2.0]) == pytest.approx(5 / 3)
     # 4 rounds: int(0.8) = 0 dropped, the plain mean
     assert trimmed_mean([1.0, 1.0, 1.0, 5.0]) == pytest.approx(2.0)
+    # against scipy's trim_mean (the suite computes it with numpy only: gpu-check has no scipy)
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 5, 7, 10, 23):
+        values = rng.lognormal(size=n)
+        assert trimmed_mean(values) == pytest.approx(sps.trim_mean(values, 0.2), rel=1e-12)
 
 
 def test_a_ratio_of_trimmed_means_averages_two_speed_rounds_where_the_median_jumps():

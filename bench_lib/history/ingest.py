@@ -284,5 +284,5 @@ def add_session_run(report: Path, setting: str, results_dir: Path, root: Path) -
             done = add_reports(store, [report], cwd=root)
             branch = store.list_runs(run_id=done[0].run_id)[0]["branch"] if done else ""
             return f"history: run {done[0].outcome} in {store.name} (branch {branch or 'unknown'})"
-    except UserError as exc:
+    except (UserError, OSError) as exc:  # e.g. a store in a folder that cannot be made
         return f"history: the run was not added ({exc})"
