@@ -199,3 +199,9 @@ def documented(text: str) -> str:
     start, end = text.index(DOC_START), text.index(DOC_END)
     first_line_end = text.index("\n", start) + 1
     return text[:first_line_end] + markdown_table() + "\n" + text[end:]
+
+
+def history_off(setting: object) -> bool:
+    """Whether a `--bench-history` setting turns the results history off (read before anything of
+    the history, and its database libraries, is imported)."""
+    return str(setting).strip().lower() in ("off", "0", "no", "false", "")

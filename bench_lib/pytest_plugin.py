@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from bench_lib.errors import UserError
-from bench_lib.options import OPTIONS, from_environment
+from bench_lib.options import OPTIONS, from_environment, history_off
 
 if TYPE_CHECKING:
     from bench_lib.records.results import CaseResult
@@ -148,8 +148,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path = bench.close()
     config = session.config
     history = config.getoption("--bench-history")
-    off = str(history).strip().lower() in ("off", "0", "no", "false", "")
-    if path is not None and not off:  # the run joins the results history (off: not, and the
+    if path is not None and not history_off(history):  # the run joins the results history (off: not, and the
         # history's database libraries are not even imported: gpu-check runs without them)
         from bench_lib.history.ingest import add_session_run
 

@@ -32,6 +32,7 @@ import pandas as pd
 from bench_lib.errors import UserError
 from bench_lib.gate import read_samples
 from bench_lib.history.store import Store
+from bench_lib.options import history_off
 from bench_lib.records.cases import KEY_FIELDS, Case
 from bench_lib.records.schema import COLUMN_NAMES, COLUMNS, read_report, samples_path
 
@@ -272,7 +273,7 @@ def add_session_run(report: Path, setting: str, results_dir: Path, root: Path) -
     "off", or a database. A failure is reported, never fatal: the run's report is written already.
     """
     text = setting.strip()
-    if text.lower() in ("off", "0", "no", "false", ""):
+    if history_off(text):
         return None
     if text.lower() in ("on", "1", "yes", "true"):
         text = ""
