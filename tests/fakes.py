@@ -10,7 +10,7 @@
 - `FakeNvml`: a `pynvml` stand-in: GPUs and MIG instances found by UUID (`GPU-...`, `MIG-...`),
   compute processes (a parent holding a context, a worker that has none yet), pynvml's error
   classes (`NVMLError_NotSupported`, `NVMLError_FunctionNotFound` for functions an older driver
-  lacks), the energy counter, and power readings that are instantaneous or averaged over the last
+  lacks, and `NVMLLibraryMismatchError`, no NVMLError, from the unversioned process list there), the energy counter, and power readings that are instantaneous or averaged over the last
   second (as `nvmlDeviceGetPowerUsage` is on Ampere and newer GPUs other than the A100).
 """
 
@@ -217,6 +217,12 @@ class NVMLError_FunctionNotFound(NVMLError):
     value = 13
 
 
+class NVMLLibraryMismatchError(Exception):
+    """What pynvml (12 and 13) raises instead of NVMLError_FunctionNotFound from an unversioned
+    function it maps to a newer version than the driver has (`throwOnVersionMismatch`): not an
+    NVMLError."""
+
+
 @dataclass(frozen=True)
 class FakeHandle:
     """A device handle: a whole GPU, or a MIG instance of one (`parent`)."""
@@ -263,6 +269,7 @@ class FakeNvml:
     NVMLError_NotSupported = NVMLError_NotSupported
     NVMLError_NotFound = NVMLError_NotFound
     NVMLError_FunctionNotFound = NVMLError_FunctionNotFound
+    NVMLLibraryMismatchError = NVMLLibraryMismatchError
 
     def __post_init__(self) -> None:
         self.handles = [FakeHandle(uuid_of(i), n, m) for i, (n, m) in enumerate(self.gpus)]
@@ -351,7 +358,13 @@ class FakeNvml:
         return SimpleNamespace(gpu=97, memory=40)
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: FakeHandle) -> list[Process]:
-        self._has("nvmlDeviceGetComputeRunningProcesses")
+        # pynvml maps it to the _v3 function, wrapped in throwOnVersionMismatch
+        try:
+            self._has("nvmlDeviceGetComputeRunningProcesses")
+        except NVMLError_FunctionNotFound:
+            raise NVMLLibraryMismatchError(
+                "Unversioned function called and the pyNVML version does not match"
+            ) from None
         return list(self.processes.get(h.uuid, []))
 
     def nvmlDeviceGetComputeRunningProcesses_v2(self, h: FakeHandle) -> list[Process]:

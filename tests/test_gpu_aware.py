@@ -579,3 +579,26 @@ def test_float16_training_steps_go_through_a_grad_scaler():
     assert any(not torch.equal(p, b) for p, b in zip(step.trainable, before, strict=True))
     mem = step.measure_memory(CpuDevice())
     assert mem["mem_grads_bytes"] == sum(p.numel() * 4 for p in step.trainable)  # fp32 master grads
+
+
+def test_the_real_pynvml_on_a_driver_without_the_v3_process_list_falls_back_to_v2(monkeypatch):
+    """The real pynvml, its library faked at the lowest level: a driver without
+    nvmlDeviceGetComputeRunningProcesses_v3 makes pynvml's unversioned function raise
+    NVMLLibraryMismatchError (no NVMLError); the _v2 function answers instead."""
+    pynvml = pytest.importorskip("pynvml")
+    calls = []
+
+    def pointer(name):
+        calls.append(name)
+        if name.endswith("_v3"):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        return lambda handle, count, infos: pynvml.NVML_SUCCESS  # v2: no process running
+
+    monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer", pointer)
+    with pytest.raises(pynvml.NVMLLibraryMismatchError):
+        pynvml.nvmlDeviceGetComputeRunningProcesses(object())
+    assert telemetry.call(pynvml, telemetry.COMPUTE_PROCESSES, object()) == []
+    assert calls[-2:] == [
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        "nvmlDeviceGetComputeRunningProcesses_v2",
+    ]

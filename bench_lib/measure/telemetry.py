@@ -40,11 +40,24 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _errors(nvml: Any) -> type[BaseException] | tuple[type[BaseException], ...]:
+def _errors(nvml: Any) -> tuple[type[BaseException], ...]:
     """What an NVML call raises when it cannot answer: pynvml's NVMLError (NotSupported,
-    NoPermission, GpuIsLost, ...). Bugs (TypeError, AttributeError) are not swallowed."""
-    error = getattr(nvml, "NVMLError", None)
-    return error if isinstance(error, type) else Exception
+    NoPermission, GpuIsLost, ...) and its NVMLLibraryMismatchError (no NVMLError). Bugs
+    (TypeError, AttributeError) are not swallowed."""
+    found = tuple(
+        e
+        for e in (getattr(nvml, n, None) for n in ("NVMLError", "NVMLLibraryMismatchError"))
+        if isinstance(e, type)
+    )
+    return found or (Exception,)
+
+
+def _missing(nvml: Any) -> tuple[type[BaseException], ...]:
+    """What a function this driver lacks raises: NVMLError_FunctionNotFound, or, from an
+    unversioned function pynvml maps to a newer version (the process lists),
+    NVMLLibraryMismatchError."""
+    names = ("NVMLError_FunctionNotFound", "NVMLLibraryMismatchError")
+    return tuple(e for e in (getattr(nvml, n, None) for n in names) if isinstance(e, type))
 
 
 def call(nvml: Any, names: str | Iterable[str], *args: Any) -> Any:
@@ -52,9 +65,10 @@ def call(nvml: Any, names: str | Iterable[str], *args: Any) -> Any:
     NVML cannot answer (NotSupported and kin).
 
     pynvml defines every function of its own version, but an older driver lacks some of them:
-    calling one raises NVMLError_FunctionNotFound, and the next name (an older API) is tried.
+    calling one raises NVMLError_FunctionNotFound (or NVMLLibraryMismatchError), and the next
+    name (an older API) is tried.
     """
-    missing = getattr(nvml, "NVMLError_FunctionNotFound", None)
+    missing = _missing(nvml)
     for name in [names] if isinstance(names, str) else names:
         fn = getattr(nvml, name, None)
         if fn is None:
@@ -62,7 +76,7 @@ def call(nvml: Any, names: str | Iterable[str], *args: Any) -> Any:
         try:
             return fn(*args)
         except _errors(nvml) as exc:
-            if isinstance(missing, type) and isinstance(exc, missing):
+            if isinstance(exc, missing):
                 continue
             return None
     return None
