@@ -4,6 +4,7 @@ case failed, or the gate found a regression), 2 (bad input) or 3 (the gate could
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,11 +103,33 @@ def load_modules(paths: Sequence[str | Path]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def _one_run_per_case(frame: pd.DataFrame, paths: Sequence[str | Path]) -> None:
+    """A report shows one measurement per case: reports that split a run's suites combine, but
+    two runs of one case would show only the first (`compare` and `precision` read those)."""
+    from bench_lib.records.cases import KEY_FIELDS, Case
+
+    key = list(KEY_FIELDS)
+    twice = frame[frame.duplicated(key, keep=False)]
+    if twice.empty:
+        return
+    row = twice.iloc[0]
+    ids = list(twice[(twice[key].fillna("") == row[key].fillna("")).all(axis=1)]["run_id"])
+    if ids[0] == ids[1]:
+        raise UserError(f"run {ids[0]} is given twice (the same report, or a copy of it)")
+    names = " ".join(str(p) for p in paths)
+    raise UserError(
+        f"runs {ids[0]} and {ids[1]} both measured {Case.from_row(row.to_dict()).label}: a report shows "
+        f"one run per case; set runs side by side with `compare {names}`, or see their spread with "
+        f"`precision {names}`"
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench_lib.analysis import report
 
     paths = args.reports or [DEFAULT_REPORT]
     frame, modules = load_results(paths), load_modules(paths)
+    _one_run_per_case(frame, paths)
     if args.format == "html" and not args.out:
         raise UserError("--format html needs --out FILE")
     render: dict[str, Callable[..., str]] = {
@@ -135,6 +158,14 @@ def cmd_precision(args: argparse.Namespace) -> int:
     if not args.target > 0:
         raise UserError(f"--target must be > 0, got {args.target}")
     frames = load_results(args.reports[:1]), *(load_results([p]) for p in args.reports[1:])
+    seen: dict[str, str] = {}
+    for path, frame in zip(args.reports, frames, strict=True):
+        for run in frame["run_id"].dropna().unique():
+            if run in seen:
+                raise UserError(
+                    f"{seen[run]} and {path} hold the same run {run}: repeat runs must be different runs"
+                )
+            seen[run] = path
     _write(render(frames, distinct_names(args.reports), args.target), args.out)
     return 0
 
@@ -188,7 +219,20 @@ def gate_config(args: argparse.Namespace) -> Any:
         overrides["latency"] = "report"
     elif args.only == "latency":
         overrides["memory"] = "report"
-    return gate.load_config(Path(args.config), overrides)
+    return gate.load_config(config_file(args.config), overrides)
+
+
+def config_file(value: str | None) -> Path | None:
+    """`--config`: the file given, which must exist (a mistyped name must not turn the rules off
+    unseen); "none" for the defaults alone; without one, ./pyproject.toml where there is one."""
+    if value is None:
+        return Path("pyproject.toml")
+    if value == "none":
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(f"--config {value}: {'a folder' if path.is_dir() else 'no such file'}")
+    return path
 
 
 def emit_verdicts(verdicts: Sequence[Any], args: argparse.Namespace) -> int:
@@ -259,7 +303,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("baseline", help="baseline report, or a folder of reports (several runs)")
     g.add_argument("candidate", help="candidate report, or a folder of reports")
     g.add_argument(
-        "--config", default="pyproject.toml", help="file with [tool.bench_lib.gate] (default pyproject.toml)"
+        "--config",
+        help="file with [tool.bench_lib.gate]; 'none': the defaults alone (default: pyproject.toml, where there is one)",
     )
     g.add_argument(
         "--latency-threshold", type=float, help="slowdown that counts, as a fraction (default 0.10)"
@@ -294,6 +339,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly (Python's documented way)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # a path that is a folder, unwritable, unreadable, a full disk ...
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_line(exc: OSError) -> str:
+    """An `OSError` as one line naming the path: "results/x.csv: Permission denied"."""
+    where = exc.filename2 if isinstance(exc, IsADirectoryError) and exc.filename2 else exc.filename
+    what = exc.strerror or str(exc)
+    return f"{where}: {what}" if where else what
 
 
 def entry_point() -> None:

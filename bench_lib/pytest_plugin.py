@@ -103,7 +103,10 @@ def bench_session(request: pytest.FixtureRequest) -> BenchSession:
 
     stash = request.config.stash
     if SESSION_KEY not in stash:
-        stash[SESSION_KEY] = BenchSession(run_config(request.config))
+        try:
+            stash[SESSION_KEY] = BenchSession(run_config(request.config))
+        except UserError as exc:  # e.g. a results folder it cannot write: once, not per test
+            pytest.exit(f"error: {exc}", returncode=2)
     return stash[SESSION_KEY]
 
 

@@ -31,6 +31,7 @@ from bench_lib.records.results import OOM, CaseResult
 from bench_lib.records.schema import (
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
+    check_writable,
     modules_frame,
     modules_path,
     samples_path,
@@ -350,6 +351,7 @@ class BenchSession:
         with torch_threads(config.threads):  # so the fingerprint records the workers' setting
             self.env = collect_environment(cpu_malloc=malloc)
         self.writer = ReportWriter(config.results_dir, self.env, config.profile.name, config.inject, out=out)
+        check_writable(self.writer.path.parent)
         self._groups: dict[Case, dict[Case, CaseResult]] = {}
         self._oom_batch: dict[tuple[str, str, str, str], int] = {}  # smallest batch that ran out
         self._cases = config.cases()

@@ -42,7 +42,8 @@ def why_not() -> str | None:
 @dataclass
 class PageCheck:
     """What the browser saw: console errors and warnings, uncaught errors, images that did not
-    load (their alt text), and the text of the element `#findings`."""
+    load (their alt text), the text of the element `#findings`, the first screen's text, and
+    the tables wider than their box (scrolled sideways) once every section is open."""
 
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
@@ -50,11 +51,15 @@ class PageCheck:
     images: int = 0
     findings: str = ""
     first_screen: str = ""
+    wide_tables: list[tuple[str, int, int]] = field(default_factory=list)  # (section, table px, box px)
 
 
 IMAGES = (
     """() => [...document.images].map(i => [i.alt || i.src.slice(0, 40), i.complete && i.naturalWidth > 0])"""
 )
+WIDE_TABLES = """() => { document.querySelectorAll('details').forEach(d => d.open = true);
+  return [...document.querySelectorAll('table')].filter(t => t.scrollWidth > t.parentElement.clientWidth + 1)
+    .map(t => [t.closest('[id]')?.id || '', t.scrollWidth, t.parentElement.clientWidth]); }"""
 FIRST_SCREEN = """() => { const out = []; const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   while (walk.nextNode()) { const r = walk.currentNode.parentElement.getBoundingClientRect();
     if (r.bottom > 0 && r.top < window.innerHeight && r.width > 0) out.push(walk.currentNode.textContent); }
@@ -92,6 +97,7 @@ def check(page_path: Path, size: tuple[int, int] = SIZES["desktop"]) -> PageChec
             if page.locator("#findings").count():
                 seen.findings = page.locator("#findings").inner_text()
             seen.first_screen = page.evaluate(FIRST_SCREEN)
+            seen.wide_tables = [tuple(t) for t in page.evaluate(WIDE_TABLES)]  # every section open
         finally:
             browser.close()
     return seen

@@ -168,3 +168,22 @@ def test_memory_gate_catches_an_injected_tensor(tmp_path):
     )  # fmt: skip
     assert gate.returncode == 1, gate.stdout
     assert gate.stdout.count("+4096 bytes") == 6  # mem_peak_bytes of 3 modes x 2 batch sizes
+
+
+def test_a_results_folder_it_cannot_write_stops_the_run_before_it_measures(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_suite(blocker / "results")  # its parent is a file
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"error: cannot write reports in {blocker / 'results'}" in proc.stdout + proc.stderr
+    assert "passed" not in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    cli = subprocess.run(
+        [sys.executable, "-m", "bench_lib", "run", "--profile", "tiny", "--model", "mlp", "--devices", "cpu",
+         "--out", str(blocker / "r.csv")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert (
+        cli.returncode == 2
+        and cli.stderr == f"error: cannot write reports in {blocker}: a file, not a folder\n"
+    )
+    assert "[1/" not in cli.stdout  # nothing measured

@@ -90,3 +90,21 @@ def test_strategies_are_not_a_fixed_list_full_first_then_as_they_come():
     (found,) = findings(frame)
     assert found.items[0].startswith("lora: 30% less step time (95% CI 28-32%; 0.700x full)")
     assert found.items[1].startswith("checkpoint: 25% more step time (95% CI 20-30%; 1.250x full)")
+
+
+def test_figure_titles_say_what_the_interval_says():
+    from bench_lib.analysis.intervals import Estimate
+    from bench_lib.analysis.plots import _finetune_headline, _takes
+
+    assert _takes(Estimate.of(0.83, 0.81, 0.85), "grad") == "takes 0.83x grad's time (95% CI 0.81-0.85)"
+    assert _takes(Estimate.of(0.98, 0.95, 1.01), "grad") == (
+        "takes 0.98x grad's time: no measurable difference (95% CI 0.95-1.01)"
+    )
+    assert _takes(Estimate.of(0.9), "grad") == "takes 0.90x grad's time (no interval)"
+    labels = ["b32 adamw full", "b32 adamw frozen_3"]
+    memory = pd.DataFrame({"a": [4.0, 1.0]})
+    headline = _finetune_headline(labels, [Estimate(None), Estimate.of(0.97, 0.9, 1.04)], memory)
+    assert headline == (
+        "at batch 32 with adamw, frozen_3 takes 0.97x full's step time: no measurable difference "
+        "(95% CI 0.90-1.04) and 25% of its memory"
+    )

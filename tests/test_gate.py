@@ -204,7 +204,7 @@ def test_cli_gates_folders_of_runs_and_writes_md_and_json(tmp_path, capsys):
         write_run(tmp_path / "cand", f"c{i}", 1.3, 100 + i)
     md, js = tmp_path / "gate.md", tmp_path / "gate.json"
     code = main(["gate", str(tmp_path / "base"), str(tmp_path / "cand"), "--md", str(md), "--json", str(js),
-                 "--config", str(tmp_path / "none.toml")])  # fmt: skip
+                 "--config", "none"])  # fmt: skip
     assert code == 1
     assert "FAIL" in capsys.readouterr().out
     data = json.loads(js.read_text())
@@ -212,16 +212,18 @@ def test_cli_gates_folders_of_runs_and_writes_md_and_json(tmp_path, capsys):
     assert md.read_text().startswith("# bench_lib gate")
     js.unlink()  # --json alone writes it too
     assert main(["gate", str(tmp_path / "base"), str(tmp_path / "cand"), "--json", str(js),
-                 "--config", str(tmp_path / "none.toml")]) == 1  # fmt: skip
+                 "--config", "none"]) == 1  # fmt: skip
     assert json.loads(js.read_text())["exit_code"] == 1
     # a single run per side cannot show significance: +30% is undecided (exit 3), never OK
     assert (
-        main(["gate", str(tmp_path / "base" / "b0.csv"), str(tmp_path / "cand" / "c0.csv"), "--config", "x"])
+        main(
+            ["gate", str(tmp_path / "base" / "b0.csv"), str(tmp_path / "cand" / "c0.csv"), "--config", "none"]
+        )
         == 3
     )
     assert "gate: UNDECIDED (exit 3)" in capsys.readouterr().out.splitlines()[-1]
     assert (
-        main(["gate", str(tmp_path / "base"), str(tmp_path / "cand"), "--only", "memory", "--config", "x"])
+        main(["gate", str(tmp_path / "base"), str(tmp_path / "cand"), "--only", "memory", "--config", "none"])
         == 0
     )
 
@@ -232,11 +234,31 @@ def test_cli_gates_folders_of_runs_and_writes_md_and_json(tmp_path, capsys):
         (["gate", "missing.csv", "also.csv"], "no such file"),
         (["gate", str(SMALL)], "the following arguments are required: candidate"),
         (["gate", str(SMALL), str(SMALL), "--unit", "round"], "invalid choice"),
+        # a mistyped --config must not gate with the defaults unseen
+        (
+            ["gate", str(SMALL), str(SMALL), "--config", "pyproject.tmol"],
+            "--config pyproject.tmol: no such file",
+        ),
+        (["gate", str(SMALL), str(SMALL), "--config", "tests"], "--config tests: a folder"),
     ],
 )
 def test_cli_bad_input_exits_2(capsys, argv, message):
     assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_truncated_samples_file_is_refused(tmp_path, capsys):
+    write_run(tmp_path / "base", "b0", 1.0, 0)
+    samples = tmp_path / "base" / "b0.samples.csv"
+    samples.write_text(samples.read_text()[:-40])  # the last row cut off mid-way
+    assert main(["gate", str(tmp_path / "base" / "b0.csv"), str(tmp_path / "base" / "b0.csv")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "b0.samples.csv: line" in err
+        and "a truncated or damaged samples file" in err
+        and err.count("\n") == 1
+    )
 
 
 def test_the_change_interval_is_welchs_t_on_log_medians_checked_by_hand():

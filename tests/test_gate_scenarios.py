@@ -58,7 +58,7 @@ def candidate(real_run: Path, folder: Path, report=None, samples=None, name: str
 
 
 def gate_cli(capsys, base: Path, cand: Path, *extra: str) -> tuple[int, str, str]:
-    code = main(["gate", str(base), str(cand), "--config", "none.toml", *extra])
+    code = main(["gate", str(base), str(cand), "--config", "none", *extra])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -128,7 +128,7 @@ def test_memory_across_torch_releases_is_undecided(real_run, tmp_path, capsys):
     )
     assert code == 3
     assert "torch builds differ" in last_line(out) and last_line(out).startswith("gate: UNDECIDED (exit 3)")
-    assert main(["gate", str(real_run), str(real_run), "--config", "none.toml", "--only", "memory"]) == 0
+    assert main(["gate", str(real_run), str(real_run), "--config", "none", "--only", "memory"]) == 0
 
 
 def test_memory_of_cuda_rows_needs_the_same_cuda_and_cudnn():
@@ -179,7 +179,7 @@ def test_a_2x_slowdown_on_another_machine_is_undecided(real_run, tmp_path, capsy
     assert code == 3
     assert "machines differ" in last_line(out)
     # latency is not gated across machines, but memory still is, and memory alone clears
-    assert main(["gate", str(real_run), str(cand), "--config", "none.toml", "--only", "memory"]) == 0
+    assert main(["gate", str(real_run), str(cand), "--config", "none", "--only", "memory"]) == 0
     capsys.readouterr()
 
 

@@ -197,6 +197,28 @@ def test_export_of_several_runs_is_one_line_and_exit_2(tmp_path, capsys):
     assert "export one run at a time" in capsys.readouterr().err
 
 
+def test_removing_a_run_that_is_not_stored_removes_nothing(tmp_path, capsys):
+    db = tmp_path / "h.sqlite"
+    a, b = write_run(tmp_path, 1), write_run(tmp_path, 2)
+    assert main(["history", "add", str(a), str(b), "--db", str(db)]) == 0
+    assert main(["history", "remove", a.stem, "NOPE", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "no run NOPE (nothing removed" in err and err.count("\n") == 1
+    assert main(["history", "runs", "--db", str(db)]) == 0
+    assert a.stem in capsys.readouterr().out  # the known one stayed too
+    assert main(["history", "remove", a.stem, "--db", str(db)]) == 0
+    assert capsys.readouterr().out.startswith("removed 1 run(s)")
+
+
+@pytest.mark.parametrize("argv", [["show", "--last", "0"], ["runs", "--last", "-3"], ["add", "x.csv", "--jobs", "0"],
+                                  ["show", "--config", "nope.toml"]])  # fmt: skip
+def test_history_counts_and_config_files_are_checked(tmp_path, capsys, argv):
+    assert main(["history", *argv, "--db", str(tmp_path / "h.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert ("must be a whole number >= 1" in err or "nope.toml: no such file" in err) and err.count("\n") == 1
+    assert not (tmp_path / "h.sqlite").exists()
+
+
 def test_branch_comes_from_the_option_then_the_environment(tmp_path, monkeypatch):
     from bench_lib.history.ingest import branch_resolver
 

@@ -167,7 +167,9 @@ def test_target_share_counts_ratios_not_their_references():
 
 def test_the_command_reads_reports_and_rejects_a_single_one(tmp_path, capsys):
     small = Path(__file__).parent / "data" / "small.csv"
-    assert main(["precision", str(small), str(small)]) == 0
+    again = tmp_path / "again.csv"  # a repeat run: another run id
+    again.write_text(small.read_text().replace("20260101T000000Z_", "20260102T000000Z_"))
+    assert main(["precision", str(small), str(again)]) == 0
     assert "2 runs" in capsys.readouterr().out
     assert main(["precision", str(small)]) == 2
     assert capsys.readouterr().err.startswith("error: precision needs at least two reports")

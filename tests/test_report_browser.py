@@ -34,6 +34,43 @@ def test_the_report_loads_cleanly_and_opens_on_its_findings(report_page, size):
     assert "Findings" in seen.first_screen and "4% less time (95% CI 2-6%; 0.960x grad)" in seen.first_screen
 
 
+def test_a_default_profile_sized_fine_tuning_table_fits_a_laptop_screen(tmp_path):
+    """Six strategies with asymmetric intervals (the widest cells a default run gives): every
+    column, total and saving included, is in view at 1366 px beside the contents."""
+    import pandas as pd
+
+    from bench_lib.records.schema import read_report
+
+    frame = read_report(SMALL)
+    finetune = frame[frame["suite"] == "finetune"]
+    extra = [
+        finetune.iloc[[1]].assign(strategy=s) for s in ("frozen_nograd", "checkpoint", "lora", "frozen_1")
+    ]
+    frame = pd.concat([frame, *extra], ignore_index=True)
+    rows = frame["suite"] == "finetune"
+    frame.loc[rows, ["latency_ms_median", "latency_ms_median_ci_low", "latency_ms_median_ci_high"]] = [
+        60.123, 58.117, 63.912,
+    ]  # fmt: skip
+    frame.loc[rows, "mem_activations_bytes"] = 20_840_000
+    frame.to_csv(tmp_path / "wide.csv", index=False)
+    out = tmp_path / "wide.html"
+    assert main(["report", str(tmp_path / "wide.csv"), "--format", "html", "--out", str(out)]) == 0
+    seen = browser.check(out, browser.SIZES["laptop"])
+    assert [t for t in seen.wide_tables if t[0].startswith(("fine-tuning", "inference"))] == []
+
+
+def test_the_check_sees_a_table_wider_than_its_box(tmp_path):
+    page = tmp_path / "wide.html"
+    page.write_text(
+        '<!DOCTYPE html><html><body><section id="s"><div style="width:300px;overflow-x:auto">'
+        '<table><tr><td style="white-space:nowrap">'
+        + "wide " * 100
+        + "</td></tr></table></div></section></body></html>"
+    )
+    (section, table, box) = browser.check(page).wide_tables[0]
+    assert section == "s" and box == 300 and table > 300
+
+
 def test_the_comparison_loads_cleanly(tmp_path):
     out = tmp_path / "compare.html"
     assert (

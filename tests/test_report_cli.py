@@ -174,17 +174,121 @@ def write(tmp_path, name, text):
             "no such file",
         ),
         (lambda t: ["frobnicate"], "invalid choice"),
+        # a report cut off mid-row: pandas would fill the row's missing fields with nothing
+        (
+            lambda t: ["report", write(t, "cut.csv", SMALL.read_text()[:-200])],
+            "line 12 has 59 fields, the header 96",
+        ),
+        (
+            lambda t: ["gate", write(t, "cut.csv", SMALL.read_text()[:-200]), str(SMALL)],
+            "a truncated or damaged report",
+        ),
+        (lambda t: ["report", edited(t, 2, status="")], "row 3 has no status"),
+        (lambda t: ["gate", edited(t, 3, model=""), str(SMALL)], "row 4 has no model"),
+        (
+            lambda t: ["history", "add", edited(t, 3, model=""), "--db", str(t / "h.sqlite")],
+            "row 4 has no model",
+        ),
+        (lambda t: ["compare", duplicated(t), str(SMALL)], "has 2 rows (row 11, row 12): one row per case"),
+        (lambda t: ["report", with_cut_modules(t)], "a truncated or damaged modules file"),
+        (lambda t: ["report", str(SMALL), str(SMALL)], "is given twice"),
+        (lambda t: ["report", str(SMALL), another_run(t)], "both measured inference-mlp-cpu-b32-grad"),
+        (lambda t: ["precision", str(SMALL), str(SMALL)], "hold the same run 20260101T000000Z_0123456789ab"),
+        (lambda t: ["report", str(t)], "a folder, not a report"),
+        # OS errors: one line naming the path, not a traceback
+        (lambda t: ["report", str(SMALL), "--format", "md", "--out", str(t)], "{t}: Is a directory"),
+        (lambda t: ["report", str(SMALL), "--out", f"{SMALL}/x.md"], f"{SMALL}: a file, not a folder"),
+        (lambda t: ["compare", str(SMALL), another_run(t), "--out", str(t)], "Is a directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main(argv(tmp_path)) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    assert message.replace("{t}", str(tmp_path)) in err and err.count("\n") == 1, err
+
+
+def edited(tmp_path, row, **values):
+    """SMALL with `values` set in one row (0-based), as text."""
+    frame = pd.read_csv(SMALL, dtype=str, keep_default_na=False)
+    for column, value in values.items():
+        frame.loc[row, column] = value
+    frame.to_csv(tmp_path / "edited.csv", index=False)
+    return str(tmp_path / "edited.csv")
+
+
+def duplicated(tmp_path):
+    lines = SMALL.read_text().splitlines()
+    return write(tmp_path, "dup.csv", "\n".join([*lines, lines[-1]]) + "\n")
+
+
+def with_cut_modules(tmp_path):
+    report = Path(write(tmp_path, "r.csv", SMALL.read_text()))
+    report.with_name("r.modules.csv").write_text(SMALL.with_name("small.modules.csv").read_text()[:-30])
+    return str(report)
+
+
+def another_run(tmp_path):
+    """SMALL as a second run of the same cases (another run id)."""
+    return write(tmp_path, "b.csv", SMALL.read_text().replace("20260101T000000Z_", "20260102T000000Z_"))
+
+
+def test_the_row_checks_pass_every_committed_report():
+    for path in (*DATA.glob("small*.csv"), *Path("results/baseline").glob("*.csv")):
+        if not path.name.endswith((".samples.csv", ".modules.csv")):
+            assert not read_report(path).empty
+
+
+def test_reports_of_different_cases_still_combine(tmp_path, capsys):
+    frame = read_report(SMALL)
+    inference, finetune = frame[frame["suite"] != "finetune"], frame[frame["suite"] == "finetune"]
+    inference.to_csv(tmp_path / "i.csv", index=False)
+    finetune.assign(run_id="20260102T000000Z_0123456789ab").to_csv(tmp_path / "f.csv", index=False)
+    assert main(["report", str(tmp_path / "i.csv"), str(tmp_path / "f.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "frozen_3" in out and "no_grad" in out
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`report | head`: the reader has gone when the report is written; no traceback, no
+    "Exception ignored" at exit, exit 1."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench_lib", "report", str(SMALL)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the report is rendered (importing pandas alone takes longer)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == "", err
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    import os
+
+    out = tmp_path / "r.md"
+    assert main(["report", str(SMALL), "--format", "md", "--out", str(out)]) == 0
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # mkstemp alone gives 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["r.md"]  # no temporary file left
+
+
+def test_compare_shows_the_references_own_ratio_as_the_reference(tmp_path):
+    frame = read_report(SMALL)
+    grad = frame["mode"] == "grad"
+    frame.loc[grad, ["latency_ratio_to_grad_ci_low", "latency_ratio_to_grad_ci_high"]] = 1.0
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.assign(run_id="20260102T000000Z_0123456789ab").to_csv(tmp_path / "b.csv", index=False)
+    table = view(compare([read_report(tmp_path / "a.csv"), read_report(tmp_path / "b.csv")]))
+    rows = table[(table["mode"] == "grad") & (table["model"] == "mlp") & (table["device"] == "cpu")]
+    assert rows.filter(like="/ grad").iloc[0].tolist() == ["1 (reference)", "1 (reference)"]
+    assert "±0.000" not in table.to_string()
 
 
 def test_reports_without_common_cases(tmp_path):
     frame = read_report(SMALL)
-    frame["model"] = "other"
+    frame["model"] = frame["model"] + "_other"  # still one row per case
     path = tmp_path / "o.csv"
     frame.to_csv(path, index=False)
     with pytest.raises(UserError, match="no case in common"):

@@ -18,7 +18,7 @@ assert main(["report", report]) == 0
 assert main(["report", report, "--format", "md"]) == 0
 assert main(["report", report, "--format", "html", "--out", out + "/r.html"]) == 0
 assert main(["compare", report, report, "--format", "md"]) == 0
-assert main(["gate", report, report, "--config", "none.toml"]) in (0, 3)
+assert main(["gate", report, report, "--config", "none"]) in (0, 3)
 load_results([report])
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 print("TORCH MODULES:", loaded)

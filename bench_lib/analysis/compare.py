@@ -10,9 +10,11 @@ import pandas as pd
 from bench_lib.analysis.intervals import (
     NOT_OVERLAPPING,
     OVERLAPPING,
+    REFERENCE,
     Estimate,
     format_estimate,
     intervals_overlap,
+    is_reference,
     overlap_text,
 )
 from bench_lib.errors import UserError
@@ -222,12 +224,12 @@ def view(comparison: Comparison) -> pd.DataFrame:
                 shown = [format_bytes(e.value) for e in estimates]
             elif metric == "latency_ms_median":
                 shown = [format_ms_estimate(e) for e in estimates]
-            else:
-                shown = [format_estimate(e) for e in estimates]
+            else:  # the reference's ratio to itself ([1, 1]) is no measurement: "1 (reference)"
+                shown = [REFERENCE if is_reference(e) else format_estimate(e) for e in estimates]
             if metric.startswith("latency_ratio") and name != names[0]:
                 # a ratio's change is read on the ratio itself, not as a ratio of ratios
                 overlap = table.get(f"{metric} overlap [{label}]", pd.Series(pd.NA, index=table.index))
-                shown = [t + (f" ({overlap_text(o)})" if overlap_text(o) else "") for t, o in zip(shown, overlap, strict=True)]  # fmt: skip
+                shown = [t + (f" ({overlap_text(o)})" if overlap_text(o) and t != REFERENCE else "") for t, o in zip(shown, overlap, strict=True)]  # fmt: skip
             out[f"{short} {name}"] = shown
         if metric.startswith("latency_ratio"):
             continue

@@ -43,8 +43,8 @@ details>summary{cursor:pointer;font-weight:600;padding:4px 0;font-size:15px}
 details details>summary{font-size:13px;font-weight:500;color:var(--muted)}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:12.5px;margin:4px 0 10px;font-variant-numeric:tabular-nums}
-th,td{padding:3px 9px;border-bottom:1px solid var(--line);vertical-align:top}
-thead th{position:sticky;top:0;background:#eef1f5;text-align:right;font-weight:600;white-space:nowrap}
+th,td{padding:3px 8px;border-bottom:1px solid var(--line);vertical-align:top}
+thead th{position:sticky;top:0;background:#eef1f5;text-align:right;font-weight:600;vertical-align:bottom}
 thead th.idx{text-align:left}
 tbody th{text-align:left;font-weight:500;white-space:nowrap}
 tbody tr:nth-child(even){background:var(--band)}

@@ -24,7 +24,7 @@ from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
-from bench_lib.analysis.intervals import Difference, Estimate, ratio_difference
+from bench_lib.analysis.intervals import NO_DIFFERENCE, Difference, Estimate, ratio_difference
 from bench_lib.records.cases import MODE_NAMES, REFERENCE_MODE
 
 MIB = 2**20
@@ -167,9 +167,7 @@ def inference_ratios(frame: pd.DataFrame) -> dict[tuple[str, str], bytes]:
                     right.text(m, i, f" {m:.2f}", va="center", fontsize=8)
             first = labels[0].split(" ", 1)  # the largest batch, the first mode
             memory_text = f" and {memory[0]:.2f}x its peak memory" if not math.isnan(memory[0]) else ""
-            headline = (
-                f"{first[1]} at batch {first[0][1:]} takes {estimates[0].value:.2f}x grad's time{memory_text}"
-            )
+            headline = f"{first[1]} at batch {first[0][1:]} {_takes(estimates[0], 'grad')}{memory_text}"
             fig.suptitle(f"{name}: {headline}", x=0.02, ha="left")
             fig.legend(handles=MARKER_KEY, loc="outside lower center", ncol=3, frameon=False, fontsize=7)
             out[(model_of[name], f"inference {name}")] = _png(fig)
@@ -241,7 +239,19 @@ def _finetune_headline(labels: list[str], estimates: list[Estimate], memory: pd.
     best = min(timed, key=lambda i: estimates[i].value or math.inf)
     batch, optimizer, strategy = labels[best].split(" ")
     share = f" and {totals[best] / totals[rows[0]]:.0%} of its memory" if totals[rows[0]] else ""
-    return f"at batch {batch[1:]} with {optimizer}, {strategy} takes {estimates[best].value:.2f}x full's step time{share}"
+    return f"at batch {batch[1:]} with {optimizer}, {strategy} {_takes(estimates[best], 'full', 'step time')}{share}"
+
+
+def _takes(ratio: Estimate, of: str, what: str = "time") -> str:
+    """A title's ratio, saying what its interval says: "takes 0.83x grad's time (95% CI
+    0.81-0.85)", "takes 0.99x grad's time: no measurable difference (95% CI 0.97-1.01)", or
+    "(no interval)" where one process measured it."""
+    figure = f"takes {ratio.value:.2f}x {of}'s {what}"
+    kind = ratio_difference(ratio)
+    if kind is Difference.UNKNOWN:
+        return f"{figure} (no interval)"
+    ci = f"95% CI {ratio.low:.2f}-{ratio.high:.2f}"
+    return f"{figure}: {NO_DIFFERENCE} ({ci})" if kind is Difference.NONE else f"{figure} ({ci})"
 
 
 def where_memory_goes(table: pd.DataFrame) -> dict[tuple[str, str], bytes]:

@@ -47,7 +47,7 @@ import pandas as pd
 
 from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS, Case
-from bench_lib.records.schema import LATENCY, MEMORY_METRICS, read_report, samples_path
+from bench_lib.records.schema import LATENCY, MEMORY_METRICS, read_csv_strict, read_report, samples_path
 
 # Decisions: what the data says about one metric of one case.
 PASS, REGRESSION, IMPROVED, INCONCLUSIVE, NOT_GATED, MISSING, BROKEN, NEW = (
@@ -228,10 +228,7 @@ def load_side(paths: Sequence[str | Path], unit: str = "run") -> Side:
 def read_samples(path: Path, report: pd.DataFrame) -> pd.DataFrame:
     """A report's raw samples, validated against it: numeric, finite, non-negative latencies,
     whole process numbers, and only runs that the report has."""
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        raise UserError(f"{path}: not a samples file") from None
+    raw = read_csv_strict(path, "samples file")
     if "compile" not in raw:  # samples written before schema 3
         raw["compile"] = ""
     needed = {*KEY_FIELDS, "run_id", "process", "latency_ms"}

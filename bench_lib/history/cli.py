@@ -17,15 +17,17 @@ DB_HELP = (
 
 
 def _store(args: argparse.Namespace) -> Any:
+    from bench_lib.cli import config_file
     from bench_lib.history.store import Store
 
-    return Store.open(args.db, Path(args.config))
+    return Store.open(args.db, config_file(args.config))
 
 
 def _config(args: argparse.Namespace) -> Any:
+    from bench_lib.cli import config_file
     from bench_lib.history.series import load_config
 
-    return load_config(Path(args.config))
+    return load_config(config_file(args.config))
 
 
 def _write(text: str, out: str | None) -> None:
@@ -46,12 +48,12 @@ def _progress(a: Any) -> None:
     print(f"{a.outcome:7} {a.run_id} ({a.cases} cases) from {a.source} in {a.seconds:.2f} s", flush=True)
 
 
-def _add_share(db: str | None, config: str, paths: list[str], branch: str | None) -> list[Any]:
+def _add_share(db: str | None, config: Path | None, paths: list[str], branch: str | None) -> list[Any]:
     """One worker of `history add --jobs N`: its own connection, its share of the reports."""
     from bench_lib.history.ingest import add_reports
     from bench_lib.history.store import Store
 
-    with Store.open(db, Path(config)) as store:
+    with Store.open(db, config) as store:
         return add_reports(store, paths, branch=branch, progress=_progress)
 
 
@@ -59,24 +61,22 @@ def cmd_add(args: argparse.Namespace) -> int:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from bench_lib.cli import report_files
-    from bench_lib.errors import UserError
+    from bench_lib.cli import config_file, report_files
 
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     args.reports = [str(p) for spec in args.reports for p in report_files(spec)]  # folders: their reports
     jobs = min(args.jobs, len(args.reports))
     with _store(args) as store:
         name = store.name
         if jobs == 1:
-            done = _add_share(args.db, args.config, args.reports, args.branch)
+            done = _add_share(args.db, config_file(args.config), args.reports, args.branch)
         else:  # readers in parallel; the store takes several writers at once
             with store.writing():
                 pass  # create the tables once, before the workers race for it
             shares = [args.reports[i::jobs] for i in range(jobs)]
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
                 futures = [
-                    pool.submit(_add_share, args.db, args.config, share, args.branch) for share in shares
+                    pool.submit(_add_share, args.db, config_file(args.config), share, args.branch)
+                    for share in shares
                 ]
                 done = [a for f in futures for a in f.result()]
     added = sum(a.outcome == "added" for a in done)
@@ -168,7 +168,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     with _store(args) as store:
         removed = store.remove_runs(args.run_ids)
-        print(f"removed {removed} of {len(args.run_ids)} run(s) from {store.name}")
+        print(f"removed {removed} run(s) from {store.name}")
     return 0
 
 
@@ -179,12 +179,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def whole_number(text: str) -> int:
+    """An option's count: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help=DB_HELP)
     p.add_argument(
         "--config",
-        default="pyproject.toml",
-        help="file with [tool.bench_lib.history] (default pyproject.toml)",
+        help="file with [tool.bench_lib.history]; 'none': the defaults alone (default: pyproject.toml, where there is one)",
     )
 
 
@@ -213,7 +223,10 @@ def add_commands(sub: Any) -> None:
     )
     add.add_argument("reports", nargs="+", help="CSV reports, or folders of them (every run in the folder)")
     add.add_argument(
-        "--jobs", type=int, default=1, help="reports read in parallel by this many processes (default 1)"
+        "--jobs",
+        type=whole_number,
+        default=1,
+        help="reports read in parallel by this many processes (default 1)",
     )
     add.add_argument(
         "--branch",
@@ -225,7 +238,7 @@ def add_commands(sub: Any) -> None:
 
     show = hsub.add_parser("show", help="figures per case and machine over commits and time")
     _selection(show, "only runs of this branch (default: every branch)")
-    show.add_argument("--last", type=int, help="only the last N runs of each case and machine")
+    show.add_argument("--last", type=whole_number, help="only the last N runs of each case and machine")
     _common(show)
     show.set_defaults(func=cmd_show)
 
@@ -233,7 +246,7 @@ def add_commands(sub: Any) -> None:
     _selection(rep, "only runs of this branch (default: every branch)")
     rep.add_argument("--format", choices=["html", "md"], default="html")
     rep.add_argument("--out", help="write here (html needs it; md writes its plots beside it)")
-    rep.add_argument("--last", type=int, help="only the last N runs of each case and machine")
+    rep.add_argument("--last", type=whole_number, help="only the last N runs of each case and machine")
     _common(rep)
     rep.set_defaults(func=cmd_report)
 
@@ -255,7 +268,7 @@ def add_commands(sub: Any) -> None:
     g.add_argument(
         "--branch", help="branch of the history (default: branch in [tool.bench_lib.history], else main)"
     )
-    g.add_argument("--last", type=int, default=20, help="history runs to gate against (default 20)")
+    g.add_argument("--last", type=whole_number, default=20, help="history runs to gate against (default 20)")
     g.add_argument(
         "--latency-threshold", type=float, help="slowdown that counts, as a fraction (default 0.10)"
     )
@@ -272,7 +285,7 @@ def add_commands(sub: Any) -> None:
 
     runs = hsub.add_parser("runs", help="list the stored runs")
     runs.add_argument("--branch", help="only this branch")
-    runs.add_argument("--last", type=int, help="only the last N")
+    runs.add_argument("--last", type=whole_number, help="only the last N")
     _common(runs)
     runs.set_defaults(func=cmd_runs)
 

@@ -380,11 +380,18 @@ class Store:
         return "present"
 
     def remove_runs(self, run_ids: Sequence[str]) -> int:
-        """Remove runs and everything of theirs; returns how many were stored."""
+        """Remove runs and everything of theirs; returns how many. `UserError`, and nothing
+        removed, when one of them is not stored (a mistyped id removes nothing silently)."""
         with self.writing() as conn:
-            pks: Sequence[int] = (
-                conn.execute(sa.select(runs.c.id).where(runs.c.run_id.in_(run_ids))).scalars().all()
+            found: dict[str, int] = dict(
+                conn.execute(sa.select(runs.c.run_id, runs.c.id).where(runs.c.run_id.in_(run_ids))).all()
             )
+            unknown = [r for r in dict.fromkeys(run_ids) if r not in found]
+            if unknown:
+                raise UserError(
+                    f"{self.name}: no run {', '.join(unknown)} (nothing removed; `history runs` lists them)"
+                )
+            pks = list(found.values())
             if pks:
                 res = sa.select(results.c.id).where(results.c.run.in_(pks))
                 conn.execute(samples.delete().where(samples.c.result.in_(res)))

@@ -28,6 +28,8 @@ case's memory went, module by module (`MODULE_COLUMNS`).
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -340,16 +342,44 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (a temporary file in the same folder, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `text` to `path` atomically (a temporary file in the same folder, then a rename),
+    with the permissions a plain `open` would give it. An `OSError` names `path`, not the
+    temporary file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileExistsError as exc:  # mkdir met a file where a folder of `path` should be
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", exc.filename) from exc
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def check_writable(folder: Path) -> None:
+    """`UserError` unless files can be written in `folder` (made if missing): asked before a run
+    measures anything, so a bad results folder costs one line, not the run."""
+    probe = folder / ".bench_lib-write-check"
+    try:
+        write_text_atomic(probe, "")
+        probe.unlink()
+    except OSError as exc:
+        where = "" if exc.filename in (str(folder), str(probe)) else f"{exc.filename}: "
+        raise UserError(f"cannot write reports in {folder}: {where}{exc.strerror}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
 
 
 def samples_path(report: Path) -> Path:
@@ -392,7 +422,7 @@ def read_modules(report: Path | str) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False).replace("", pd.NA)
+        frame = read_csv_strict(path, "modules file").replace("", pd.NA)
         missing = [c for c in MODULE_FILE_COLUMNS if c not in frame]
         if missing:
             raise UserError(f"{path}: missing columns: {', '.join(missing)}")
@@ -409,19 +439,74 @@ def read_modules(report: Path | str) -> pd.DataFrame | None:
         ) from None
 
 
+def read_csv_strict(path: Path, what: str = "report") -> pd.DataFrame:
+    """A CSV file as text columns, after checking that every record has as many fields as the
+    header: pandas fills a short record (a file cut off mid-row by a crash or a copy) with
+    empty values, which would read as a case that measured nothing. `UserError` when it is not
+    one, naming the file and the line."""
+    import csv
+
+    import pandas as pd
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a CSV {what} (not UTF-8 text)") from None
+    if not text.strip():
+        raise UserError(f"{path}: empty file, not a {what}")
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+        for record in reader:
+            if record and len(record) != len(header):
+                raise UserError(
+                    f"{path}: line {reader.line_num} has {len(record)} fields, the header {len(header)}: "
+                    f"a truncated or damaged {what}"
+                )
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a CSV {what} (line {reader.line_num}: {exc})") from None
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: empty file, not a {what}") from None
+    except pd.errors.ParserError as exc:
+        raise UserError(f"{path}: not a CSV {what} ({str(exc).splitlines()[0]})") from None
+
+
+# Key fields every row names (a report's case key, less those empty by design: mode, strategy,
+# optimizer, compile), with its run and status.
+FILLED = ("run_id", "suite", "model", "device", "batch_size", "dtype", "status")
+
+
+def _check_rows(path: Path, frame: pd.DataFrame) -> None:
+    """Every row names its run, case and status, and no case of a run has two rows."""
+    for name in (c for c in FILLED if c in frame):
+        empty = frame.index[frame[name].isna()]
+        if len(empty):
+            raise UserError(f"{path}: row {empty[0] + 1} has no {name}")
+    keys = [c for c in ("run_id", *KEY_FIELDS) if c in frame]
+    twice = frame.index[frame.duplicated(keys, keep=False)]
+    if len(twice):
+        from bench_lib.records.cases import Case
+
+        row = frame.loc[twice[0]]
+        label = Case.from_row({k: row.get(k, "") for k in KEY_FIELDS}).label
+        raise UserError(
+            f"{path}: case {label} has {len(twice)} rows ({', '.join(f'row {i + 1}' for i in twice[:3])}): "
+            "one row per case and run"
+        )
+
+
 def read_report(path: Path | str) -> pd.DataFrame:
     """Read and validate one report; raise `UserError` naming the file and the problem."""
     import pandas as pd
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a report")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: empty file, not a report") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a CSV report ({str(exc).splitlines()[0]})") from None
+    frame = read_csv_strict(path)
     if "schema_version" not in frame:
         raise UserError(f"{path}: no schema_version column: not a bench_lib report")
     versions = pd.to_numeric(frame["schema_version"], errors="coerce")
@@ -451,6 +536,7 @@ def read_report(path: Path | str) -> pd.DataFrame:
         frame = _typed(frame)
     except (ValueError, TypeError) as exc:
         raise UserError(f"{path}: a column has values of the wrong type ({exc})") from None
+    _check_rows(path, frame)
     bad_status = set(frame["status"].dropna()) - set(STATUSES)
     if bad_status:
         raise UserError(f"{path}: unknown status values: {', '.join(sorted(bad_status))}")
