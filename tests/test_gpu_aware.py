@@ -506,6 +506,14 @@ def test_preflight_says_each_missing_piece_in_one_line(monkeypatch):
     # the history's database libraries: the GPU machine has none, gpu-check does not need them
     for name in ("sqlalchemy", "psycopg", "scipy"):
         assert not preflight.package_finding(name, "1.0", None, None).required
+    # older than tested: only torch, numpy and pandas stop the run; the others are a warning
+    older = preflight.package_finding("pytest-benchmark", "5.1", "6", "4.0.0")
+    assert not older.required and older.line() == (
+        "preflight: warning pytest-benchmark: 4.0.0 installed, older than tested (>= 5.1 and < 6): going on"
+    )
+    assert (
+        preflight.package_finding("torch", "2.4", None, "2.3.1").line().startswith("preflight: MISSING torch")
+    )
     newer = preflight.package_finding("pytest", "8.0", "10", "10.1")
     assert not newer.required and newer.line() == (
         "preflight: warning pytest: 10.1 installed, newer than tested (>= 8.0 and < 10): going on"
