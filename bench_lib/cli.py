@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pandas takes ~0.6 s to import (also through records.schema)
     import pandas as pd
 
 DEFAULT_REPORT = Path("results/latest.csv")
+BROKEN_PIPE = 141  # what a shell reports for a writer stopped by a closed pipe (128 + SIGPIPE): no verdict
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +86,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"interrupted: {len(session.writer.rows)} cases kept in {session.writer.path}", file=sys.stderr)
         session.close()
         return 130
+    except BrokenPipeError:  # `run | head`: the progress has no reader; what was measured is kept
+        session.close()
+        print(
+            f"stopped: standard output was closed; {len(session.writer.rows)} cases kept in {session.writer.path}",
+            file=sys.stderr,
+        )
+        raise
     path = session.close()
     print(render_summary(session.writer.frame()))
     print(f"report: {path}" + ("" if args.out else f" (copied to {config.results_dir / 'latest.csv'})"))
@@ -116,6 +124,11 @@ def _one_run_per_case(frame: pd.DataFrame, paths: Sequence[str | Path]) -> None:
     ids = list(twice[(twice[key].fillna("") == row[key].fillna("")).all(axis=1)]["run_id"])
     if ids[0] == ids[1]:
         raise UserError(f"run {ids[0]} is given twice (the same report, or a copy of it)")
+    if len(paths) == 1:
+        raise UserError(
+            f"{paths[0]} holds runs {ids[0]} and {ids[1]}, both of {Case.from_row(row.to_dict()).label}: a report "
+            "shows one run per case; `compare` and `precision` take one file per run"
+        )
     names = " ".join(str(p) for p in paths)
     raise UserError(
         f"runs {ids[0]} and {ids[1]} both measured {Case.from_row(row.to_dict()).label}: a report shows "
@@ -230,7 +243,7 @@ def config_file(value: str | None) -> Path | None:
     if value == "none":
         return None
     path = Path(value)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # /dev/null is fine: no settings
         raise UserError(f"--config {value}: {'a folder' if path.is_dir() else 'no such file'}")
     return path
 
@@ -243,11 +256,11 @@ def emit_verdicts(verdicts: Sequence[Any], args: argparse.Namespace) -> int:
     if args.only:
         keep = gate.MEMORY_METRICS if args.only == "memory" else (gate.LATENCY,)
         verdicts = [v for v in verdicts if v.metric in keep or v.metric == "case"]
-    print(gate.render_console(verdicts))
-    if args.md:
+    if args.md:  # the files first: a closed standard output must not lose them
         write_text_atomic(Path(args.md), gate.render_markdown(verdicts))
     if args.json:
         write_text_atomic(Path(args.json), gate.render_json(verdicts))
+    print(gate.render_console(verdicts))
     return gate.exit_code(verdicts)
 
 
@@ -341,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `... | head` closed the pipe: stop quietly (Python's documented way)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return BROKEN_PIPE
     except OSError as exc:  # a path that is a folder, unwritable, unreadable, a full disk ...
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench_lib.config import tool_table
 from bench_lib.errors import UserError
 from bench_lib.measure.allocator import pin_glibc_malloc
 from bench_lib.measure.devices import parse_device_kinds, unavailable_reason
@@ -203,12 +203,7 @@ def _parse_number(text: str, what: str, allow_zero: bool = False) -> float:
 
 def _tool_table(pyproject: Path) -> dict:
     """`[tool.bench_lib]` of `pyproject` ({} without the file)."""
-    if not pyproject.is_file():
-        return {}
-    try:
-        return dict(tomllib.loads(pyproject.read_text()).get("tool", {}).get("bench_lib", {}))
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{pyproject}: not valid TOML ({exc})") from None
+    return tool_table(pyproject)
 
 
 def default_models(pyproject: Path = Path("pyproject.toml")) -> tuple[str, ...]:
@@ -351,10 +346,13 @@ class BenchSession:
         with torch_threads(config.threads):  # so the fingerprint records the workers' setting
             self.env = collect_environment(cpu_malloc=malloc)
         self.writer = ReportWriter(config.results_dir, self.env, config.profile.name, config.inject, out=out)
+        if self.writer.path.is_dir():
+            raise UserError(f"{self.writer.path}: a folder; the report needs a file name")
         check_writable(self.writer.path.parent)
         self._groups: dict[Case, dict[Case, CaseResult]] = {}
         self._oom_batch: dict[tuple[str, str, str, str], int] = {}  # smallest batch that ran out
         self._cases = config.cases()
+        self._recorded: set[Case] = set()
 
     def _request(self, group: Case, cases: list[Case]) -> dict:
         return {
@@ -368,7 +366,8 @@ class BenchSession:
 
     def result(self, case: Case) -> CaseResult:
         """The result of `case`, measuring its whole group (interleaved, in the profile's worker
-        processes) the first time; the result is added to the report."""
+        processes) the first time; the result is added to the report (once, however often it
+        is asked for)."""
         group = case.group
         if group not in self._groups:
             # a group is measured once, as a whole: every case of it this run asks for (the
@@ -397,7 +396,9 @@ class BenchSession:
                     for c, r in suite.add_ratios(by_case, self.config.profile.ci_run_sd).items()
                 }
         result = self._groups[group][case]
-        self.writer.add(result)
+        if case not in self._recorded:  # two tests may ask for one case: it is one row of the report
+            self.writer.add(result)
+            self._recorded.add(case)
         return result
 
     @property

@@ -187,3 +187,33 @@ def test_a_results_folder_it_cannot_write_stops_the_run_before_it_measures(tmp_p
         and cli.stderr == f"error: cannot write reports in {blocker}: a file, not a folder\n"
     )
     assert "[1/" not in cli.stdout  # nothing measured
+    folder = subprocess.run(
+        [sys.executable, "-m", "bench_lib", "run", "--profile", "tiny", "--model", "mlp", "--devices", "cpu",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert (
+        folder.returncode == 2
+        and folder.stderr == f"error: {tmp_path}: a folder; the report needs a file name\n"
+    )
+    assert "[1/" not in folder.stdout
+
+
+def test_run_into_a_closed_pipe_keeps_what_it_measured(tmp_path):
+    """`run | head -1`: the reader goes after the first line; the run stops at its next line of
+    progress, says so on stderr, and the cases measured are in the report."""
+    out = tmp_path / "r.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench_lib", "run", "--profile", "tiny", "--model", "mlp", "--devices", "cpu",
+         "--suites", "inference", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, err
+    assert "cases on" in first and "Traceback" not in err
+    kept = read_report(out)
+    assert err.strip() == f"stopped: standard output was closed; {len(kept)} cases kept in {out}"
+    assert len(kept) >= 1 and set(kept["status"]) == {"ok"}

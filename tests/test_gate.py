@@ -276,3 +276,20 @@ def test_the_change_interval_is_welchs_t_on_log_medians_checked_by_hand():
     assert (low, high) == pytest.approx((math.expm1(diff - h), math.expm1(diff + h)), abs=2e-4)
     assert low < 12.0 / 10.5 - 1 < high
     assert change_interval([10.0], cand) == (None, None)  # one run: no interval
+
+
+def test_a_closed_standard_output_keeps_the_verdict_files(tmp_path):
+    import subprocess
+    import sys
+
+    md, js = tmp_path / "v.md", tmp_path / "v.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench_lib", "gate", str(SMALL), str(SMALL), "--config", "none",
+         "--md", str(md), "--json", str(js)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the gate prints
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err  # not 0-3: the gate's own codes
+    assert json.loads(js.read_text())["exit_code"] in (0, 3) and md.read_text().startswith("# bench_lib gate")

@@ -16,6 +16,10 @@ USER_BENCHMARK = """
 def test_my_inference(bench_measure, inference_case):
     result = bench_measure(inference_case)
     assert result.case.model == "mlp"
+
+
+def test_my_inference_again(bench_measure, inference_case):  # the same cases: one row each
+    assert bench_measure(inference_case).ok
 """
 
 
@@ -33,7 +37,7 @@ def test_a_user_repository_uses_the_plugin_without_a_conftest(tmp_path):
            "--bench-processes=2", f"--bench-results-dir={results}", "test_mine.py"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "4 passed" in proc.stdout and "bench_lib summary" in proc.stdout
+    assert "8 passed" in proc.stdout and "bench_lib summary" in proc.stdout
     # two processes: the ratios have intervals, and the summary says how precise they are (fixed
     # effort aimed at no target, so the line names none)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("precision: "))

@@ -114,7 +114,10 @@ def valid_text(report):
             lambda tmp, rep: write(tmp, valid_text(rep).replace(f"\n{SCHEMA_VERSION},", "\n99,")),
             "newer than this bench_lib",
         ),
-        (lambda tmp, rep: write(tmp, "schema_version,model\n1,mlp\n"), "missing required columns: suite"),
+        (
+            lambda tmp, rep: write(tmp, "schema_version,model\n1,mlp\n"),
+            "missing required columns: run_id, suite",
+        ),
         (lambda tmp, rep: write(tmp, "schema_version,model\n0,mlp\n"), "unknown schema_version 0"),
         (
             lambda tmp, rep: write(tmp, valid_text(rep).replace(",1024,", ",-1024,")),
@@ -241,3 +244,44 @@ def test_an_interrupt_between_the_first_writes_still_leaves_latest_csv(tmp_path,
     assert writer.finish() == writer.path
     assert len(read_report(tmp_path / "latest.csv")) == 1
     assert not (tmp_path / "latest.samples.csv").exists()
+
+
+def test_atomic_writes_follow_links_keep_modes_and_write_into_pipes(tmp_path):
+    import os
+    import threading
+
+    from bench_lib.records.schema import write_text_atomic
+
+    target = tmp_path / "real.md"
+    target.write_text("old")
+    target.chmod(0o640)
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"  # the link stays, its target is replaced
+    assert target.stat().st_mode & 0o777 == 0o640  # an existing file keeps its permissions
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_text_atomic(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert got == ["through the pipe"] and fifo.exists() and not fifo.is_file()  # not replaced by a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.md", "real.md"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"\xff\xfe\x00binary", "not valid TOML (not UTF-8 text)"), (b"[tool\n", "not valid TOML")],
+)
+def test_a_settings_file_that_is_not_toml_is_one_line(tmp_path, capsys, content, message):
+    from bench_lib.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_bytes(content)
+    small = str(Path(__file__).parent / "data" / "small.csv")
+    assert main(["gate", small, small, "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert main(["gate", small, small, "--config", "/dev/null"]) in (0, 3)  # no settings: the defaults

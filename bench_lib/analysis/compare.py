@@ -18,7 +18,7 @@ from bench_lib.analysis.intervals import (
     overlap_text,
 )
 from bench_lib.errors import UserError
-from bench_lib.records.cases import KEY_FIELDS
+from bench_lib.records.cases import KEY_FIELDS, REFERENCE_MODE
 
 # The metrics that carry a 95% interval (`<metric>_ci_low`, `<metric>_ci_high`, schema 5).
 WITH_INTERVALS = ("latency_ms_median", "latency_ratio_to_grad", "latency_ratio_to_full")
@@ -224,8 +224,12 @@ def view(comparison: Comparison) -> pd.DataFrame:
                 shown = [format_bytes(e.value) for e in estimates]
             elif metric == "latency_ms_median":
                 shown = [format_ms_estimate(e) for e in estimates]
-            else:  # the reference's ratio to itself ([1, 1]) is no measurement: "1 (reference)"
-                shown = [REFERENCE if is_reference(e) else format_estimate(e) for e in estimates]
+            else:  # the reference's ratio to itself is no measurement: "1 (reference)"
+                own = _reference_rows(table, metric)
+                shown = [
+                    REFERENCE if is_reference(e) or (mine and e.value == 1.0) else format_estimate(e)
+                    for e, mine in zip(estimates, own, strict=True)
+                ]
             if metric.startswith("latency_ratio") and name != names[0]:
                 # a ratio's change is read on the ratio itself, not as a ratio of ratios
                 overlap = table.get(f"{metric} overlap [{label}]", pd.Series(pd.NA, index=table.index))
@@ -241,6 +245,17 @@ def view(comparison: Comparison) -> pd.DataFrame:
                 for r, o in zip(ratio, overlap, strict=True)
             ]
     return out
+
+
+def _reference_rows(table: pd.DataFrame, metric: str) -> list[bool]:
+    """The rows of the cases a ratio column is relative to: eager grad for `/ grad`, `full` for
+    `/ full` (with or without an interval: a run of one process records none)."""
+    if metric == "latency_ratio_to_grad" and "mode" in table:
+        eager = table["compile"].fillna("").eq("") if "compile" in table else True
+        return list(table["mode"].eq(REFERENCE_MODE) & eager)
+    if metric == "latency_ratio_to_full" and "strategy" in table:
+        return list(table["strategy"].eq("full"))
+    return [False] * len(table)
 
 
 def legend(comparison: Comparison) -> list[str]:

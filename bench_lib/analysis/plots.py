@@ -142,7 +142,7 @@ def inference_ratios(frame: pd.DataFrame) -> dict[tuple[str, str], bytes]:
         labels = [f"b{b} {m}{' compiled' if c else ''}" for b, m, c in zip(rows["batch_size"], rows["mode"], rows["compile"], strict=True)]  # fmt: skip
         estimates = [Estimate.from_row(r, "latency_ratio_to_grad") for _, r in rows.iterrows()]
         memory = [
-            (r["mem_peak_bytes"] / peaks[b]) if b in peaks and peaks[b] and pd.notna(r["mem_peak_bytes"]) else math.nan
+            (r["mem_peak_bytes"] / peaks[b]) if b in peaks and pd.notna(peaks[b]) and peaks[b] and pd.notna(r["mem_peak_bytes"]) else math.nan
             for b, (_, r) in zip(rows["batch_size"], rows.iterrows(), strict=True)
         ]  # fmt: skip
         colours = [MODE_COLOURS.get(m, OKABE_ITO[2]) for m in rows["mode"]]

@@ -35,7 +35,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import tomllib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench_lib.config import tool_table
 from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS, Case
 from bench_lib.records.schema import LATENCY, MEMORY_METRICS, read_csv_strict, read_report, samples_path
@@ -127,13 +127,7 @@ class Config:
 
 def load_config(pyproject: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read `[tool.bench_lib.gate]` (keys of `Rules`, plus `[[...rules]]` with a `match` pattern)."""
-    table: dict[str, Any] = {}
-    if pyproject is not None and pyproject.is_file():
-        try:
-            data = tomllib.loads(pyproject.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{pyproject}: not valid TOML ({exc})") from None
-        table = dict(data.get("tool", {}).get("bench_lib", {}).get("gate", {}))
+    table = tool_table(pyproject, "gate")
     patterns = table.pop("rules", [])
     known = set(Rules.__dataclass_fields__)
     unknown = (set(table) | {k for p in patterns for k in p if k != "match"}) - known

@@ -4,12 +4,12 @@ per-commit series of one fingerprint."""
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_lib.config import tool_table
 from bench_lib.errors import UserError
 from bench_lib.history.changepoints import (
     FASTEST,
@@ -35,14 +35,7 @@ class HistoryConfig:
 
 
 def load_config(pyproject: Path | None = Path("pyproject.toml")) -> HistoryConfig:
-    table: dict[str, Any] = {}
-    if pyproject is not None and pyproject.is_file():
-        try:
-            table = dict(
-                tomllib.loads(pyproject.read_text()).get("tool", {}).get("bench_lib", {}).get("history", {})
-            )
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{pyproject}: not valid TOML ({exc})") from None
+    table = tool_table(pyproject, "history")
     table.pop("db", None)
     branch = table.pop("branch", DEFAULT_BRANCH)
     known = set(StepRules.__dataclass_fields__)

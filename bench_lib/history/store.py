@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from bench_lib.config import tool_table
 from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS
 
@@ -137,12 +137,8 @@ def configured_db(pyproject: Path | None = Path("pyproject.toml")) -> str | None
     """The store named by `$BENCH_HISTORY_DB` or `[tool.bench_lib.history] db`; None: the default."""
     if os.environ.get(ENV_DB, "").strip():
         return os.environ[ENV_DB].strip()
-    if pyproject is not None and pyproject.is_file():
-        try:
-            data = tomllib.loads(pyproject.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{pyproject}: not valid TOML ({exc})") from None
-        value = data.get("tool", {}).get("bench_lib", {}).get("history", {}).get("db")
+    if pyproject is not None:
+        value = tool_table(pyproject, "history").get("db")
         if value is not None and not isinstance(value, str):
             raise UserError(f"{pyproject}: [tool.bench_lib.history] db must be a string (a path or a URL)")
         return value or None
