@@ -364,6 +364,8 @@ def os_error_line(exc: OSError) -> str:
     """An `OSError` as one line naming the path: "results/x.csv: Permission denied"."""
     where = exc.filename2 if isinstance(exc, IsADirectoryError) and exc.filename2 else exc.filename
     what = exc.strerror or str(exc)
+    if isinstance(exc, FileExistsError):  # mkdir(exist_ok=True) met a file where a folder should be
+        what = "a file, not a folder"
     return f"{where}: {what}" if where else what
 
 

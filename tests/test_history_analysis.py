@@ -219,6 +219,12 @@ def test_history_counts_and_config_files_are_checked(tmp_path, capsys, argv):
     assert not (tmp_path / "h.sqlite").exists()
 
 
+def test_a_database_path_under_a_file_is_one_line(tmp_path, capsys):
+    report = write_run(tmp_path, 1)
+    assert main(["history", "add", str(report), "--db", f"{report}/h.sqlite"]) == 2
+    assert capsys.readouterr().err == f"error: {report}: a file, not a folder\n"
+
+
 def test_branch_comes_from_the_option_then_the_environment(tmp_path, monkeypatch):
     from bench_lib.history.ingest import branch_resolver
 
