@@ -243,8 +243,9 @@ def config_file(value: str | None) -> Path | None:
     if value == "none":
         return None
     path = Path(value)
-    if not path.exists() or path.is_dir():  # /dev/null is fine: no settings
-        raise UserError(f"--config {value}: {'a folder' if path.is_dir() else 'no such file'}")
+    if not path.is_file():  # a pipe would be read once, and the settings are read more than once
+        why = "a folder" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
+        raise UserError(f"--config {value}: {why} ('none' for the defaults)")
     return path
 
 

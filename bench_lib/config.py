@@ -23,5 +23,11 @@ def tool_table(pyproject: Path | None, section: str = "") -> dict[str, Any]:
         raise UserError(f"{pyproject}: not valid TOML (not UTF-8 text)") from None
     except OSError as exc:
         raise UserError(f"{pyproject}: cannot read it ({exc.strerror})") from None
-    table = data.get("tool", {}).get("bench_lib", {})
-    return dict(table.get(section, {}) if section else table)
+    table: Any = data.get("tool", {})
+    for name in ("bench_lib", section) if section else ("bench_lib",):
+        table = table.get(name, {}) if isinstance(table, dict) else None
+        if not isinstance(table, dict):
+            raise UserError(
+                f"{pyproject}: [tool.bench_lib{'.' + section if section else ''}] must be a table"
+            )
+    return dict(table)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from bench_lib.records.schema import (
     samples_path,
     to_frame,
     write_csv_atomic,
+    write_text_atomic,
 )
 from bench_lib.suites import SUITES, Suite
 from bench_lib.suites.finetune.measure import OPTIMIZERS
@@ -285,7 +285,13 @@ class ReportWriter:
         return self.out if self.out is not None else self.results_dir / f"{self.run_id}.csv"
 
     def add(self, result: CaseResult) -> None:
-        """Add one case and rewrite the report and its samples; on a failed write nothing changes."""
+        """Add one case (replacing its earlier rows, if any: a write that failed half-way and is
+        tried again leaves one row per case) and rewrite the report and its companions."""
+        key = asdict(result.case)
+
+        def others(items: list[dict]) -> list[dict]:
+            return [item for item in items if any(item.get(k) != v for k, v in key.items())]
+
         run = {
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_id,
@@ -293,16 +299,16 @@ class ReportWriter:
             "profile": self.profile,
             "inject": self.inject,
         }
-        rows = [*self.rows, run | result.row() | self.env.columns()]
-        samples = list(self.samples)
+        rows = [*others(self.rows), run | result.row() | self.env.columns()]
+        samples = others(self.samples)
         if result.samples is not None:
-            key, s = asdict(result.case), result.samples
+            s = result.samples
             for i, (proc, primary, host) in enumerate(zip(s.process, s.primary_ms, s.host_ms, strict=True)):
                 samples.append(
                     {"run_id": self.run_id, **key, "process": proc, "round": i,
                      "latency_ms": primary, "host_latency_ms": host}
                 )  # fmt: skip
-        modules = [*self.modules, *({"run_id": self.run_id} | m for m in result.module_rows())]
+        modules = [*others(self.modules), *({"run_id": self.run_id} | m for m in result.module_rows())]
         # each file is written atomically and remembered at once, so that an interrupt between two
         # writes (Ctrl-C lands anywhere) leaves what is in memory the same as what is on disk
         write_csv_atomic(to_frame(rows), self.path)
@@ -330,9 +336,7 @@ class ReportWriter:
             if not src.exists():  # interrupted before its first write: no stale companion either
                 dst.unlink(missing_ok=True)
                 continue
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            write_text_atomic(dst, src.read_text())  # a temporary name of its own: runs may finish together
         return self.path
 
 
@@ -345,6 +349,8 @@ class BenchSession:
         malloc = pin_glibc_malloc() if config.pin_malloc else "default (not pinned)"
         with torch_threads(config.threads):  # so the fingerprint records the workers' setting
             self.env = collect_environment(cpu_malloc=malloc)
+        if out is not None:  # through a link once: the report, its companions and the check in one folder
+            out = Path(os.path.realpath(out))
         self.writer = ReportWriter(config.results_dir, self.env, config.profile.name, config.inject, out=out)
         if self.writer.path.is_dir():
             raise UserError(f"{self.writer.path}: a folder; the report needs a file name")

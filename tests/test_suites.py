@@ -1,6 +1,7 @@
 """The suite registry: a new suite is one package under bench_lib/suites/, found on first use,
 and the run, the worker, the pytest plugin's fixtures and the report all pick it up."""
 
+import sys
 import textwrap
 
 import pytest
@@ -49,6 +50,7 @@ def echo_suite(tmp_path, monkeypatch):
     yield suites.SUITES
     suites._REGISTRY.pop("echo", None)
     suites._Registry._loaded = False
+    sys.modules.pop("bench_lib.suites.echo", None)  # the next test's echo registers itself again
 
 
 def test_the_built_in_suites_are_registered_in_order():
@@ -72,6 +74,22 @@ def test_a_new_suite_module_joins_the_run_the_worker_and_the_report(echo_suite, 
     result = session.result(echo[0])  # through the worker's dispatch, in this process
     assert result.ok and result.samples.stats().median == 2.0
     assert "## Echo" in render_markdown(session.writer.frame())
+
+
+def test_a_report_given_through_a_link_keeps_its_companions_beside_it(echo_suite, tmp_path):
+    from bench_lib.session import BenchSession
+
+    config = RunConfig.parse(
+        profile="tiny", models="mlp", devices="cpu", processes="0", results_dir=str(tmp_path)
+    )
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "other" / "real.csv")  # a folder not made yet
+    session = BenchSession(config, out=link)
+    assert session.result(config.cases_of("echo")[0]).ok
+    session.close()
+    names = sorted(p.name for p in (tmp_path / "other").iterdir())
+    assert names == ["real.csv", "real.modules.csv", "real.samples.csv"]
+    assert not (tmp_path / "link.samples.csv").exists()
 
 
 def test_two_suites_with_one_name_are_refused():

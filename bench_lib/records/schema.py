@@ -352,18 +352,26 @@ def write_text_atomic(path: Path, text: str) -> None:
     with the permissions a plain `open` would give it (an existing file's own, else the
     umask's). A symbolic link is followed (its target is replaced, the link stays); a target
     that is no regular file (`/dev/null`, a FIFO) is written to as it is. An `OSError` names
-    `path`, or its folder when the temporary file cannot be made there."""
-    path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file() and not path.is_dir():
-        with path.open("w") as f:  # a device or a pipe: there is nothing to replace
-            f.write(text)
+    `path` as given, or its folder when the temporary file cannot be made there."""
+    given = path
+    try:
+        kind = os.stat(path).st_mode  # through links, as open() sees it
+    except OSError:
+        kind = None
+    if kind is not None and not stat.S_ISREG(kind) and not stat.S_ISDIR(kind):
+        try:
+            with open(path, "w") as f:  # a device or a pipe (/dev/stdout, >(...)): nothing to replace
+                f.write(text)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(given)) from exc
         return
+    path = Path(os.path.realpath(path))  # a link's target is replaced, the link stays
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as exc:  # mkdir met a file where a folder of `path` should be
         raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", exc.filename) from exc
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise OSError(exc.errno, exc.strerror, str(given)) from exc
     try:
         mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~UMASK
     except OSError:
@@ -382,7 +390,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise OSError(exc.errno, exc.strerror, str(given)) from exc
         raise
 
 
@@ -484,13 +492,15 @@ def read_csv_strict(path: Path, what: str = "report") -> pd.DataFrame:
     if not data.strip():
         raise UserError(f"{path}: empty file, not a {what}")
     bad = _unequal_record(data)
+    del data  # not held while pandas parses the file
     if bad is not None:
         line, fields, header = bad
         raise UserError(
             f"{path}: line {line} has {fields} fields, the header {header}: a truncated or damaged {what}"
         )
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)  # from the path: faster than from memory
+        # from the path (faster than from memory), the bytes checked: no decompression by suffix
+        return pd.read_csv(path, dtype=str, keep_default_na=False, compression=None)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a CSV {what} (not UTF-8 text)") from None
     except pd.errors.EmptyDataError:
@@ -503,14 +513,17 @@ def _unequal_record(data: bytes) -> tuple[int, int, int] | None:
     """(line, fields, header fields) of the first record whose number of fields is not the
     header's; None when all agree. Without quotes (samples files, most reports) commas are
     counted per line, vectorized (a 200,000-row samples file in tens of milliseconds); with
-    quotes (an error message holding a comma or a line break) the csv module reads it."""
+    quotes (an error message holding a comma or a line break) or lines ended by a lone carriage
+    return the csv module reads it, as pandas would split it."""
     import numpy as np
 
-    if b'"' in data:
+    if b'"' in data or data.count(b"\r") != data.count(b"\r\n"):  # quotes, or lines ended by a lone CR
         import csv
 
         try:
-            reader = csv.reader(io.StringIO(data.decode("utf-8-sig")))
+            reader = csv.reader(
+                io.StringIO(data.decode("utf-8-sig"), newline="")
+            )  # lines end at \r, \n, \r\n
             header = next(reader)
             for record in reader:
                 if len(record) != len(header) and "".join(record).strip():
