@@ -1,5 +1,6 @@
 """`python -m bench_lib run | report | compare | precision | gate | history | export`: one `UserError` boundary; exit 0, 1 (a
-case failed, or the gate found a regression), 2 (bad input) or 3 (the gate could not decide)."""
+case failed, or the gate found a regression), 2 (bad input, an OS error), 3 (the gate could not decide), 130 (Ctrl-C)
+or 141 (standard output closed, as by `| head`)."""
 
 from __future__ import annotations
 
