@@ -217,7 +217,7 @@ def test_pool_compares_every_process_memory_not_only_the_first():
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("nan", "latency_ms must be a finite number >= 0; line 2 has 'nan'"),
+        ("nan", "latency_ms must be a finite number >= 0; row 1 has 'nan'"),
         ("inf", "has 'inf'"),
         ("-0.5", "has '-0.5'"),
         ("fast", "has 'fast'"),

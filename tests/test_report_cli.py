@@ -198,6 +198,12 @@ def write(tmp_path, name, text):
         ),
         # compressed: the bytes checked are the bytes parsed (no decompression by suffix)
         (lambda t: ["report", gzipped(t, SMALL.read_text()[:-200])], "cut.csv.gz: "),
+        # after blank lines the header is still the header: the cut row is what is named
+        (
+            lambda t: ["report", write(t, "b.csv", "\n\n" + SMALL.read_text()[:-200])],
+            "line 14 has 59 fields, the header 96",
+        ),
+        (lambda t: ["report", write(t, "q.csv", '""\n')], "q.csv: "),
         (lambda t: ["report", str(SMALL), str(SMALL)], "is given twice"),
         (lambda t: ["report", str(SMALL), another_run(t)], "both measured inference-mlp-cpu-b32-grad"),
         (lambda t: ["precision", str(SMALL), str(SMALL)], "hold the same run 20260101T000000Z_0123456789ab"),
@@ -364,6 +370,7 @@ def test_every_committed_report_renders_in_every_format(tmp_path, capsys, name, 
         (lambda t: t.replace("\n", "\r\n"), 11),  # CRLF
         (lambda t: "\ufeff" + t, 11),  # a byte-order mark
         (lambda t: t + "\n   \n\n", 11),  # blank and whitespace-only lines, as pandas skips them
+        (lambda t: "\n  \n" + t, 11),  # blank lines before the header too
         (lambda t: t.replace("output has a grad_fn", 'output has a grad_fn,\n""twice""'), 11),  # quoted
     ],
 )

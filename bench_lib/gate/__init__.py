@@ -232,7 +232,7 @@ def read_samples(path: Path, report: pd.DataFrame) -> pd.DataFrame:
     bad = raw.index[latency.isna() | ~np.isfinite(latency.fillna(0)) | (latency < 0)]
     if len(bad):
         raise UserError(
-            f"{path}: latency_ms must be a finite number >= 0; line {bad[0] + 2} has {raw.loc[bad[0], 'latency_ms']!r}"
+            f"{path}: latency_ms must be a finite number >= 0; row {bad[0] + 1} has {raw.loc[bad[0], 'latency_ms']!r}"
         )
     process = pd.to_numeric(raw["process"], errors="coerce")
     if process.isna().any() or (process < 0).any() or (process % 1 != 0).any():

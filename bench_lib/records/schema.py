@@ -525,10 +525,12 @@ def _unequal_record(data: bytes) -> tuple[int, int, int] | None:
                 io.StringIO(data.decode("utf-8-sig"), newline="")
             )  # lines end at \r, \n, \r\n
             header = next(reader)
+            while not "".join(header).strip():  # blank lines before the header
+                header = next(reader)
             for record in reader:
                 if len(record) != len(header) and "".join(record).strip():
                     return reader.line_num, len(record), len(header)
-        except (csv.Error, UnicodeDecodeError):
+        except (csv.Error, UnicodeDecodeError, StopIteration):
             return None  # pandas says what it cannot read
         return None
     raw = np.frombuffer(data, dtype=np.uint8)
@@ -536,9 +538,12 @@ def _unequal_record(data: bytes) -> tuple[int, int, int] | None:
     starts = np.concatenate(([0], ends[:-1] + 1))
     commas = np.flatnonzero(raw == ord(","))
     fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
-    for i in np.flatnonzero(fields != fields[0]):
-        if data[starts[i] : ends[i]].strip():  # a blank or whitespace-only line is skipped
-            return int(i) + 1, int(fields[i]), int(fields[0])
+    head = 0
+    while head < len(starts) - 1 and not data[starts[head] : ends[head]].strip():
+        head += 1  # blank lines before the header, which pandas skips too
+    for i in np.flatnonzero(fields != fields[head]):
+        if i > head and data[starts[i] : ends[i]].strip():  # a blank or whitespace-only line is skipped
+            return int(i) + 1, int(fields[i]), int(fields[head])
     return None
 
 
