@@ -116,13 +116,12 @@ def _one_run_per_case(frame: pd.DataFrame, paths: Sequence[str | Path]) -> None:
     """A report shows one measurement per case: reports that split a run's suites combine, but
     two runs of one case would show only the first (`compare` and `precision` read those)."""
     from bench_lib.records.cases import KEY_FIELDS, Case
+    from bench_lib.records.schema import first_duplicate
 
-    key = list(KEY_FIELDS)
-    twice = frame[frame.duplicated(key, keep=False)]
+    twice = first_duplicate(frame, list(KEY_FIELDS))
     if twice.empty:
         return
-    row = twice.iloc[0]
-    ids = list(twice[(twice[key].fillna("") == row[key].fillna("")).all(axis=1)]["run_id"])
+    row, ids = twice.iloc[0], list(twice["run_id"])
     if ids[0] == ids[1]:
         raise UserError(f"run {ids[0]} is given twice (the same report, or a copy of it)")
     if len(paths) == 1:

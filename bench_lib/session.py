@@ -158,7 +158,7 @@ def _with_effort(
     """`profile` with the effort the options ask for: each given option, else the same key of
     `[tool.bench_lib]` in `pyproject` (`max_processes`, `ci_target`, `group_budget_s`,
     `ci_run_sd`), else the profile's. `processes` alone (without `max_processes`) fixes the number of processes."""
-    table = _tool_table(pyproject)
+    table = tool_table(pyproject)
     given = {k: v.strip() for k, v in (("max_processes", max_processes), ("ci_target", ci_target),
              ("group_budget_s", group_budget), ("ci_run_sd", ci_run_sd)) if v is not None and v.strip()}  # fmt: skip
     keys = ("max_processes", "ci_target", "group_budget_s", "ci_run_sd")
@@ -201,15 +201,10 @@ def _parse_number(text: str, what: str, allow_zero: bool = False) -> float:
     return value
 
 
-def _tool_table(pyproject: Path) -> dict:
-    """`[tool.bench_lib]` of `pyproject` ({} without the file)."""
-    return tool_table(pyproject)
-
-
 def default_models(pyproject: Path = Path("pyproject.toml")) -> tuple[str, ...]:
     """The zoo, plus the user models listed in `[tool.bench_lib] models` of `pyproject`
     (file paths relative to it)."""
-    table = _tool_table(pyproject)
+    table = tool_table(pyproject)
     extra = table.get("models", [])
     if not isinstance(extra, list) or not all(isinstance(m, str) for m in extra):
         raise UserError(f"{pyproject}: [tool.bench_lib] models must be a list of strings")
@@ -289,8 +284,13 @@ class ReportWriter:
         tried again leaves one row per case) and rewrite the report and its companions."""
         key = asdict(result.case)
 
+        def mine(item: dict) -> bool:
+            return all(item.get(k) == v for k, v in key.items())
+
+        again = any(mine(row) for row in self.rows)  # usually not: the samples are then not scanned
+
         def others(items: list[dict]) -> list[dict]:
-            return [item for item in items if any(item.get(k) != v for k, v in key.items())]
+            return [item for item in items if not mine(item)] if again else list(items)
 
         run = {
             "schema_version": SCHEMA_VERSION,
@@ -358,7 +358,6 @@ class BenchSession:
         self._groups: dict[Case, dict[Case, CaseResult]] = {}
         self._oom_batch: dict[tuple[str, str, str, str], int] = {}  # smallest batch that ran out
         self._cases = config.cases()
-        self._recorded: set[Case] = set()
 
     def _request(self, group: Case, cases: list[Case]) -> dict:
         return {
@@ -402,9 +401,7 @@ class BenchSession:
                     for c, r in suite.add_ratios(by_case, self.config.profile.ci_run_sd).items()
                 }
         result = self._groups[group][case]
-        if case not in self._recorded:  # two tests may ask for one case: it is one row of the report
-            self.writer.add(result)
-            self._recorded.add(case)
+        self.writer.add(result)  # two tests may ask for one case: it stays one row of the report
         return result
 
     @property

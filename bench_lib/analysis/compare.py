@@ -14,7 +14,6 @@ from bench_lib.analysis.intervals import (
     Estimate,
     format_estimate,
     intervals_overlap,
-    is_reference,
     overlap_text,
 )
 from bench_lib.errors import UserError
@@ -227,7 +226,7 @@ def view(comparison: Comparison) -> pd.DataFrame:
             else:  # the reference's ratio to itself is no measurement: "1 (reference)"
                 own = _reference_rows(table, metric)
                 shown = [
-                    REFERENCE if is_reference(e) or (mine and e.value == 1.0) else format_estimate(e)
+                    REFERENCE if mine and e.value == 1.0 else format_estimate(e)
                     for e, mine in zip(estimates, own, strict=True)
                 ]
             if metric.startswith("latency_ratio") and name != names[0]:

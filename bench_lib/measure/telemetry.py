@@ -44,19 +44,18 @@ def _errors(nvml: Any) -> tuple[type[BaseException], ...]:
     """What an NVML call raises when it cannot answer: pynvml's NVMLError (NotSupported,
     NoPermission, GpuIsLost, ...) and its NVMLLibraryMismatchError (no NVMLError). Bugs
     (TypeError, AttributeError) are not swallowed."""
-    found = tuple(
-        e
-        for e in (getattr(nvml, n, None) for n in ("NVMLError", "NVMLLibraryMismatchError"))
-        if isinstance(e, type)
-    )
-    return found or (Exception,)
+    return _classes(nvml, "NVMLError", "NVMLLibraryMismatchError") or (Exception,)
 
 
 def _missing(nvml: Any) -> tuple[type[BaseException], ...]:
     """What a function this driver lacks raises: NVMLError_FunctionNotFound, or, from an
     unversioned function pynvml maps to a newer version (the process lists),
     NVMLLibraryMismatchError."""
-    names = ("NVMLError_FunctionNotFound", "NVMLLibraryMismatchError")
+    return _classes(nvml, "NVMLError_FunctionNotFound", "NVMLLibraryMismatchError")
+
+
+def _classes(nvml: Any, *names: str) -> tuple[type[BaseException], ...]:
+    """The exception classes of these names that this pynvml (or fake) defines."""
     return tuple(e for e in (getattr(nvml, n, None) for n in names) if isinstance(e, type))
 
 

@@ -552,20 +552,26 @@ def _unequal_record(data: bytes) -> tuple[int, int, int] | None:
 FILLED = ("run_id", "suite", "model", "device", "batch_size", "dtype", "status")
 
 
+def first_duplicate(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of the first key in `frame` that has more than one row (empty when none has)."""
+    duplicated = frame.duplicated(keys, keep=False)
+    if not duplicated.any():
+        return frame.iloc[:0]
+    first = frame.loc[duplicated, keys].iloc[0].fillna("")
+    return frame[frame[keys].fillna("").eq(first).all(axis=1)]
+
+
 def _check_rows(path: Path, frame: pd.DataFrame) -> None:
     """Every row names its run, case and status, and no case of a run has two rows."""
     for name in (c for c in FILLED if c in frame):
         empty = frame.index[frame[name].isna()]
         if len(empty):
             raise UserError(f"{path}: row {empty[0] + 1} has no {name}")
-    keys = [c for c in ("run_id", *KEY_FIELDS) if c in frame]
-    duplicated = frame.duplicated(keys, keep=False)
-    if duplicated.any():
+    twice = first_duplicate(frame, [c for c in ("run_id", *KEY_FIELDS) if c in frame]).index
+    if len(twice):
         from bench_lib.records.cases import Case
 
-        row = frame[duplicated].iloc[0]
-        same = frame[keys].fillna("").eq(row[keys].fillna("")).all(axis=1)
-        twice = frame.index[same]  # the rows of this one case
+        row = frame.loc[twice[0]]
         label = Case.from_row({k: row.get(k, "") for k in KEY_FIELDS}).label
         raise UserError(
             f"{path}: case {label} has {len(twice)} rows ({', '.join(f'row {i + 1}' for i in twice[:3])}): "
