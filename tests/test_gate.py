@@ -261,6 +261,17 @@ def test_a_truncated_samples_file_is_refused(tmp_path, capsys):
     )
 
 
+def test_a_samples_file_cut_inside_its_last_value_is_refused(tmp_path, capsys):
+    # as many fields as the header: only the missing line end tells a cut `0.12` from `0.1234`
+    write_run(tmp_path / "base", "b0", 1.0, 0)
+    samples = tmp_path / "base" / "b0.samples.csv"
+    samples.write_text(samples.read_text()[:-3])
+    assert main(["gate", str(tmp_path / "base" / "b0.csv"), str(tmp_path / "base" / "b0.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "b0.samples.csv: the last line has no line end: a truncated samples file" in err, err
+    assert err.count("\n") == 1
+
+
 def test_the_change_interval_is_welchs_t_on_log_medians_checked_by_hand():
     import math
 

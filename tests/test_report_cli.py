@@ -204,6 +204,16 @@ def write(tmp_path, name, text):
             "line 14 has 59 fields, the header 96",
         ),
         (lambda t: ["report", write(t, "q.csv", '""\n')], "q.csv: "),
+        # cut inside the last field ("glibc pin" of "glibc pinned"), or right after the last comma:
+        # as many fields as the header, only the line end is missing
+        (
+            lambda t: ["report", write(t, "f.csv", SMALL.read_text()[:-4])],
+            "f.csv: the last line has no line end",
+        ),
+        (
+            lambda t: ["gate", str(SMALL), write(t, "c.csv", SMALL.read_text().rsplit(",", 1)[0] + ",")],
+            "the last line has no line end: a truncated report",
+        ),
         (lambda t: ["report", str(SMALL), str(SMALL)], "is given twice"),
         (lambda t: ["report", str(SMALL), another_run(t)], "both measured inference-mlp-cpu-b32-grad"),
         (lambda t: ["precision", str(SMALL), str(SMALL)], "hold the same run 20260101T000000Z_0123456789ab"),

@@ -492,11 +492,17 @@ def read_csv_strict(path: Path, what: str = "report") -> pd.DataFrame:
     if not data.strip():
         raise UserError(f"{path}: empty file, not a {what}")
     bad = _unequal_record(data)
+    whole = _ends_a_line(data)
     del data  # not held while pandas parses the file
     if bad is not None:
         line, fields, header = bad
         raise UserError(
             f"{path}: line {line} has {fields} fields, the header {header}: a truncated or damaged {what}"
+        )
+    if not whole:  # cut inside its last field: the field count cannot see it
+        raise UserError(
+            f"{path}: the last line has no line end: a truncated {what} "
+            "(bench_lib ends every line it writes; if the file is whole, end it with a newline)"
         )
     try:
         # from the path (faster than from memory), the bytes checked: no decompression by suffix
@@ -507,6 +513,16 @@ def read_csv_strict(path: Path, what: str = "report") -> pd.DataFrame:
         raise UserError(f"{path}: empty file, not a {what}") from None
     except pd.errors.ParserError as exc:
         raise UserError(f"{path}: not a CSV {what} ({str(exc).splitlines()[0]})") from None
+
+
+def _ends_a_line(data: bytes) -> bool:
+    """Whether the last line has its line end (spaces and tabs after it aside). A file cut short
+    inside its last field still has as many fields as the header (`0.12` of `0.1234`, or nothing
+    after the last comma); only the missing line end tells."""
+    end = len(data)
+    while end and data[end - 1] in b" \t":
+        end -= 1
+    return data[end - 1 : end] in (b"\n", b"\r")
 
 
 def _unequal_record(data: bytes) -> tuple[int, int, int] | None:
