@@ -570,7 +570,9 @@ def checkpoint_violation(
 ) -> str | None:
     """Whether the checkpointed blocks really keep their inputs only: in one forward, autograd
     may save nothing inside a checkpointed block but the block's own inputs (what the checkpoint
-    keeps to run it again); a block run plainly saves its activations there."""
+    keeps to run it again); a block run plainly saves its activations there. Storages of no
+    bytes keep nothing and are not counted: torch 2.11's checkpoint saves an empty placeholder
+    tensor per checkpointed call (`_NoopSaveInputs`), through the hooks of the caller."""
     step = TrainStep(copy.deepcopy(instance), strategy, "sgd", device, dtype)
     params = {_storage_key(p) for p in step.model.parameters()}  # saving a weight costs nothing
     inputs: list[set[int]] = []
@@ -584,7 +586,8 @@ def checkpoint_violation(
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         if inputs and (key := _storage_key(t)) not in inputs[-1] | params:
-            saved[key] = t.untyped_storage().nbytes()
+            if nbytes := t.untyped_storage().nbytes():
+                saved[key] = nbytes
         return t.detach()  # not `t`: a cycle through the graph (a leak)
 
     handles = [
