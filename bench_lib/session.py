@@ -395,7 +395,11 @@ class BenchSession:
                 if any(r.status == OOM for r in pooled.values()):
                     self._oom_batch[where] = min(group.batch_size, limit or group.batch_size)
                 by_case = {r.case: r for r in pooled.values()}
-                effort = {"stop_reason": stop_reason, "processes": processes}  # on every row of the group
+                effort = {  # on every row of the group
+                    "stop_reason": stop_reason,
+                    "processes": processes,
+                    "ci_run_sd": self.config.profile.ci_run_sd,
+                }
                 self._groups[group] = {
                     c: replace(r, metrics={**r.metrics, **effort})
                     for c, r in suite.add_ratios(by_case, self.config.profile.ci_run_sd).items()

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -217,3 +218,19 @@ def test_run_into_a_closed_pipe_keeps_what_it_measured(tmp_path):
     kept = read_report(out)
     assert err.strip() == f"stopped: standard output was closed; {len(kept)} cases kept in {out}"
     assert len(kept) >= 1 and set(kept["status"]) == {"ok"}
+
+
+def test_the_report_says_what_its_ratio_intervals_were_widened_by(tmp_path):
+    """`ci_run_sd` on every row: what `precision` takes out to find what the processes measured."""
+    out = tmp_path / "r.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench_lib", "run", "--profile", "tiny", "--model", "mlp", "--devices", "cpu",
+         "--suites", "inference", "--processes", "2", "--ci-run-sd", "0.02", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = read_report(out)
+    assert (report["ci_run_sd"] == 0.02).all() and (report["processes"] == 2).all()
+    ratios = report[report["mode"] != "grad"]
+    half = np.log(ratios["latency_ratio_to_grad_ci_high"] / ratios["latency_ratio_to_grad"])
+    assert (half >= 1.959964 * 0.02 - 1e-9).all()  # at least the widening, in quadrature with the rest

@@ -11,7 +11,9 @@ from bench_lib.analysis.precision import (
     coverage,
     distinct_names,
     own_half_width,
+    render,
     run_line,
+    run_spread,
     spread_beyond_intervals,
     target_share,
 )
@@ -214,3 +216,72 @@ def test_runs_are_named_by_the_shortest_part_of_their_paths_that_tells_them_apar
     ]
     assert distinct_names(["x.csv", "y.csv"]) == ["x.csv", "y.csv"]
     assert distinct_names(["same.csv", "same.csv"]) == ["same.csv", "same.csv"]
+
+
+def widened_run(rng, cases=40, processes=4, process_sd=0.01, run_sd=0.0, ci_run_sd=0.012):
+    """A schema-6 report of `cases` no_grad ratios: per case, `processes` per-process log ratios
+    (sd `process_sd`) around the case's true log ratio plus this run's own shift of it (sd
+    `run_sd`, what a run's processes cannot see); the ratio their geometric mean, its t-interval
+    widened by `ci_run_sd` as the suite widens it (`with_run_spread`), and both recorded."""
+    rows = []
+    for case in range(cases):
+        true = np.log(0.6 + case / 100)
+        logs = rng.normal(true + rng.normal(0, run_sd), process_sd, processes)
+        value = float(np.exp(logs.mean()))
+        h = t_half_width(logs)
+        e = with_run_spread(Estimate(value, value * np.exp(-h), value * np.exp(h), processes), ci_run_sd)
+        for mode, (r, lo, hi) in (("grad", (1.0, 1.0, 1.0)), ("no_grad", (e.value, e.low, e.high))):
+            rows.append({
+                "suite": "inference", "model": f"m{case}", "device": "cpu", "mode": mode, "batch_size": 1,
+                "dtype": "float32", "strategy": "", "optimizer": "", "compile": "", "status": "ok",
+                "latency_ratio_to_grad": r, "latency_ratio_to_grad_ci_low": lo, "latency_ratio_to_grad_ci_high": hi,
+                "ci_run_sd": ci_run_sd, "processes": processes,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_spread_beyond_the_runs_own_processes_by_hand():
+    """One ratio in two runs, 0.8 and 0.8 e^0.02, each from 4 processes whose own t-interval is
+    +-0.006 on the log scale, widened by ci_run_sd 1.2% to sqrt(0.006^2 + (1.96 x 0.012)^2).
+    The variance of the logs (0, 0.02) is 0.0002; each run's own standard error is 0.006 over
+    t(0.975, 3) = 3.182446, 0.0018854; the spread is sqrt(0.0002 - 0.0018854^2) = 0.0140159."""
+
+    def run(value):
+        h = float(np.hypot(0.006, 1.959964 * 0.012))
+        return pd.DataFrame([{
+            "suite": "inference", "model": "mlp", "device": "cpu", "mode": "no_grad", "batch_size": 1,
+            "dtype": "float32", "strategy": "", "optimizer": "", "compile": "", "status": "ok",
+            "latency_ratio_to_grad": value, "latency_ratio_to_grad_ci_low": value * np.exp(-h),
+            "latency_ratio_to_grad_ci_high": value * np.exp(h), "ci_run_sd": 0.012, "processes": 4,
+        }])  # fmt: skip
+
+    runs = [run(0.8), run(0.8 * np.exp(0.02))]
+    assert run_spread(runs, "latency_ratio_to_grad") == pytest.approx(0.0140159, rel=1e-5)
+    # a report that does not say its ci_run_sd (older than schema 6): not guessed
+    assert run_spread([r.drop(columns="ci_run_sd") for r in runs], "latency_ratio_to_grad") is None
+
+
+@pytest.mark.parametrize("run_sd", [0.0, 0.008, 0.02])
+def test_the_spread_between_runs_is_found_behind_intervals_of_few_processes(run_sd):
+    """40 cases x 8 runs of 4 processes each (own standard error 0.5%): the estimate finds the
+    simulated spread. Taking a 4-process t-interval for a normal one (its half-width over 1.96,
+    not 3.18) counts each run's own error 2.6 times and finds 0.5% where there is 0.8%."""
+    rng = np.random.default_rng(11)
+    runs = [widened_run(rng, run_sd=run_sd) for _ in range(8)]
+    found = run_spread(runs, "latency_ratio_to_grad")
+    assert found == pytest.approx(run_sd, abs=0.0015)
+
+
+def test_the_command_says_when_ci_run_sd_is_too_wide_too_narrow_or_fits(tmp_path):
+    rng = np.random.default_rng(5)
+
+    def said(run_sd, ci_run_sd):
+        runs = [widened_run(rng, run_sd=run_sd, ci_run_sd=ci_run_sd) for _ in range(5)]
+        return render(runs, [f"run{i}" for i in range(5)], 0.01)
+
+    wide = said(0.0, 0.012)  # the machine keeps still between runs: 1.2% is wasted
+    assert "the runs' own processes alone (ci_run_sd taken out): 392 of 400 = 98.0%" in wide
+    assert "are too wide (wasted precision) here: set ci_run_sd = 0.003 in [tool.bench_lib]" in wide
+    narrow = said(0.02, 0.005)  # drift of 2% against 0.5% allowed: the intervals miss
+    assert "are too narrow (they miss) here: set ci_run_sd = 0.02" in narrow
+    assert "The setting fits this machine." in said(0.012, 0.012)

@@ -9,12 +9,17 @@ precision REPORT REPORT...`): the figures behind README's "How precise are the f
   drift, a run's shared state) that the processes of one run do not show.
 - Target: the share of ratios whose interval is within the precision target (relative
   half-width), per run.
+- The spread between runs: how much a ratio moves from run to run beyond what each run's own
+  processes measured, which is what `ci_run_sd` should be on this machine. Intervals wider
+  than that are wasted precision; narrower, they miss (the reports say the `ci_run_sd` they were
+  widened by, from schema 6).
 Torch-free, like the rest of the analysis side.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -24,7 +29,7 @@ import pandas as pd
 
 from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS
-from bench_lib.records.stats import Z_CONFIDENCE
+from bench_lib.records.stats import CONFIDENCE, Z_CONFIDENCE
 
 RATIOS = ("latency_ratio_to_grad", "latency_ratio_to_full")
 # The stop reasons of groups that aimed at no target (`measure.runner`'s FIXED and NO_RATIO; not
@@ -33,18 +38,67 @@ UNAIMED = frozenset({"fixed", "no_ratio"})
 FIGURES = (*RATIOS, "latency_ms_median")
 
 
-def figure_rows(frame: pd.DataFrame, figure: str) -> pd.DataFrame:
+def figure_rows(frame: pd.DataFrame, figure: str, extra: Sequence[str] = ()) -> pd.DataFrame:
     """One row per case that has `figure` and its interval: the case key, `value`, `low`,
-    `high`. Reference cases (ratio 1 to themselves) are left out of the ratios."""
+    `high` (and the `extra` columns, empty where the report lacks them). Reference cases
+    (ratio 1 to themselves) are left out of the ratios."""
     low, high = f"{figure}_ci_low", f"{figure}_ci_high"
     if figure not in frame or low not in frame:
-        return pd.DataFrame(columns=[*KEY_FIELDS, "value", "low", "high"])
+        return pd.DataFrame(columns=[*KEY_FIELDS, "value", "low", "high", *extra])
     rows = frame[frame["status"].eq("ok") & frame[figure].notna() & frame[low].notna()]
     if figure in RATIOS:
         rows = rows[(rows[high] - rows[low]) > 0]  # the reference: exactly 1, a zero-width interval
     out = rows[list(KEY_FIELDS)].copy()
     out["value"], out["low"], out["high"] = (rows[c].astype(float) for c in (figure, low, high))
+    for column in extra:
+        out[column] = rows[column].astype(float) if column in rows else np.nan
     return out.reset_index(drop=True)
+
+
+def own_rows(frame: pd.DataFrame, figure: str, run_sd: float | None = None) -> pd.DataFrame | None:
+    """`figure_rows` of a ratio with each interval narrowed to what the run's own processes
+    measured (its `ci_run_sd`, or `run_sd` when given, taken out as `own_half_width` does), and
+    `se`, the standard error of the log ratio that interval stands for: its log half-width over
+    the t quantile of its processes (a t-interval of 4 processes is 3.18 standard errors wide
+    each way, not 1.96; the normal quantile where the report does not say its processes). None
+    when the report does not say what its intervals were widened by (older than schema 6) and
+    `run_sd` is not given."""
+    from scipy import stats as sps
+
+    rows = figure_rows(frame, figure, extra=("ci_run_sd", "processes"))
+    if run_sd is not None:
+        rows["ci_run_sd"] = run_sd
+    if rows.empty or rows["ci_run_sd"].isna().any():
+        return None
+    rows = rows[(rows["value"] > 0) & ~(rows["processes"] < 2)]
+    h = np.log(rows["high"] / rows["value"])
+    own = np.sqrt(np.maximum(h**2 - (Z_CONFIDENCE * rows["ci_run_sd"]) ** 2, 0.0))
+    t = sps.t.ppf(0.5 + CONFIDENCE / 2, rows["processes"] - 1)
+    t = np.where(np.isnan(t), Z_CONFIDENCE, t)
+    return rows.assign(low=rows["value"] * np.exp(-own), high=rows["value"] * np.exp(own), se=own / t)
+
+
+def run_spread(frames: Sequence[pd.DataFrame], figure: str, run_sd: float | None = None) -> float | None:
+    """The standard deviation of a ratio's log from one run to the next beyond what each run's
+    own processes measured (`own_rows`): the `ci_run_sd` these runs support. A method-of-moments
+    estimate of a random run effect (as in DerSimonian-Laird): per case, the variance of the log
+    ratio over the runs less the mean squared standard error of the runs' own estimates; the
+    mean over cases, 0 when negative. None when a report does not say its `ci_run_sd` (and
+    `run_sd` is not given) or no case has two runs."""
+    per_run = [own_rows(f, figure, run_sd) for f in frames]
+    if any(r is None for r in per_run):
+        return None
+    rows = pd.concat([r for r in per_run if r is not None], ignore_index=True)
+    if rows.empty:
+        return None
+    by_case = pd.DataFrame({"log": np.log(rows["value"]), "se2": rows["se"] ** 2}).groupby(
+        [rows[k].astype("string").fillna("").to_numpy() for k in KEY_FIELDS]
+    )
+    counts = by_case["log"].count()
+    excess = (by_case["log"].var(ddof=1) - by_case["se2"].mean())[counts >= 2]
+    if excess.empty:
+        return None
+    return float(np.sqrt(max(float(excess.mean()), 0.0)))
 
 
 @dataclass(frozen=True)
@@ -61,7 +115,12 @@ class Coverage:
 
 def coverage(frames: Sequence[pd.DataFrame], figure: str) -> Coverage:
     """How often two runs' estimates of `figure` agree within their combined half-widths."""
-    per_run = [figure_rows(f, figure).set_index(list(KEY_FIELDS)) for f in frames]
+    return rows_coverage([figure_rows(f, figure) for f in frames], figure)
+
+
+def rows_coverage(rows: Sequence[pd.DataFrame], figure: str) -> Coverage:
+    """`coverage` of each run's `figure_rows` (or `own_rows`)."""
+    per_run = [r.set_index(list(KEY_FIELDS)) for r in rows]
     pairs = held = 0
     worst, worst_excess = "", 1.0
     for (i, a), (j, b) in itertools.combinations(enumerate(per_run), 2):
@@ -84,29 +143,13 @@ def coverage(frames: Sequence[pd.DataFrame], figure: str) -> Coverage:
 
 
 def spread_beyond_intervals(frames: Sequence[pd.DataFrame], figure: str) -> float | None:
-    """How much a ratio moves from run to run beyond what its intervals allow for: the standard
-    deviation of its log between runs, less the (squared) standard errors the intervals state,
-    pooled over cases (a method-of-moments estimate of a random run effect, as in
-    DerSimonian-Laird): sqrt(mean over cases of var_runs(log value) - mean_runs(se^2)), se the
-    log half-width / 1.96. 0 when the intervals already cover the spread; None with fewer than
-    two runs of a case. What `ci_run_sd` should grow by (in quadrature) for these runs'
-    intervals to be honest."""
-    per_run = [figure_rows(f, figure).set_index(list(KEY_FIELDS)) for f in frames]
-    present = [r.assign(run=i) for i, r in enumerate(per_run) if not r.empty]
-    if not present:
-        return None
-    rows = pd.concat(present)
-    rows = rows[(rows["value"] > 0) & (rows["high"] > 0)]
-    logs = np.log(rows["value"])
-    se2 = (np.log(rows["high"] / rows["value"]) / Z_CONFIDENCE) ** 2
-    by_case = pd.DataFrame({"log": logs, "se2": se2}).groupby(
-        level=list(range(len(KEY_FIELDS))), dropna=False
-    )
-    counts = by_case["log"].count()
-    excess = (by_case["log"].var(ddof=1) - by_case["se2"].mean())[counts >= 2]
-    if excess.empty:
-        return None
-    return float(np.sqrt(max(float(excess.mean()), 0.0)))
+    """How much a ratio moves from run to run beyond what its reported intervals allow for,
+    taking each whole interval for the t-interval of its processes (`run_spread` with
+    `run_sd` 0): what `ci_run_sd` should grow by, in quadrature, for reports that do not say
+    theirs (older than schema 6). Where they were widened, part of each half-width is a normal
+    quantile's, so this errs high (towards wider intervals); None with fewer than two runs of a
+    case."""
+    return run_spread(frames, figure, run_sd=0.0)
 
 
 def ratio_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -186,6 +229,7 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
             "these reports hold no confidence intervals (older than schema 5, or one process per group)"
         )
     lines = [f"{len(frames)} runs: " + ", ".join(names)]
+    spreads: dict[str, float] = {}
     for figure in FIGURES:
         c = coverage(frames, figure)
         if not c.pairs:
@@ -197,12 +241,28 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
         if c.worst:
             lines.append(f"  furthest apart: {c.worst}")
         if figure in RATIOS:
-            spread = spread_beyond_intervals(frames, figure)
-            if spread is not None:
+            own = [own_rows(f, figure) for f in frames]
+            needed = run_spread(frames, figure)
+            if needed is not None and all(r is not None for r in own):
+                o = rows_coverage([r for r in own if r is not None], figure)
                 lines.append(
-                    f"  spread between runs beyond the intervals: {spread:.2%} (sd of the log ratio; "
-                    + ("the intervals allow for it)" if spread == 0 else "add it to ci_run_sd in quadrature)")
+                    f"  the runs' own processes alone (ci_run_sd taken out): {o.held} of {o.pairs} = "
+                    f"{o.share:.1%}; the spread between runs beyond them: {needed:.2%} (sd of the log ratio)"
                 )
+                spreads[figure] = needed
+            else:  # an older report: what its intervals were widened by is unknown
+                spread = spread_beyond_intervals(frames, figure)
+                if spread is not None:
+                    lines.append(
+                        f"  spread between runs beyond the intervals: {spread:.2%} (sd of the log ratio; "
+                        + (
+                            "the intervals allow for it)"
+                            if spread == 0
+                            else "add it to ci_run_sd in quadrature)"
+                        )
+                    )
+    if spreads:
+        lines.append(advice(frames, spreads))
     for name, frame in zip(names, frames, strict=True):
         met, total = target_share(frame, precision)
         rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
@@ -213,3 +273,30 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
                 f"half-width min/median/max {h.min():.2%} / {h.median():.2%} / {h.max():.2%}"
             )
     return "\n".join(lines)
+
+
+SUITE_OF = {"latency_ratio_to_grad": "inference", "latency_ratio_to_full": "fine-tuning"}
+
+
+def advice(frames: Sequence[pd.DataFrame], spreads: dict[str, float]) -> str:
+    """What `ci_run_sd` these runs support against what they were widened by: the largest
+    spread of the ratio figures (one setting serves both suites), rounded up to 0.1%. Within a
+    quarter of the setting it fits: a handful of runs cannot tell such a difference apart."""
+    used = sorted({float(v) for f in frames for v in f.get("ci_run_sd", pd.Series()).dropna()})
+    needed = max(spreads.values())
+    each = ", ".join(f"{SUITE_OF[f]} {v:.2%}" for f, v in spreads.items())
+    suggested = math.ceil(needed * 1000 - 1e-9) / 1000
+    widened = " / ".join(f"{u:.2%}" for u in used)
+    text = (
+        f"ci_run_sd: these runs' intervals were widened by {widened}; the spread between runs beyond "
+        f"their own processes was {needed:.2%} ({each}) over {len(frames)} runs. "
+    )
+    if len(used) == 1 and 0.75 * used[0] <= suggested <= 1.25 * used[0]:
+        return text + "The setting fits this machine."
+    kind = "too wide (wasted precision)" if used and suggested < min(used) else "too narrow (they miss)"
+    return text + (
+        f"Intervals widened by {widened} are {kind} here: set ci_run_sd = {suggested:.3f} in "
+        f"[tool.bench_lib] (or BENCH_CI_RUN_SD={suggested:.3f}) on this machine, then check it on new "
+        "repeat runs: coverage should stay at 90% or more ("
+        + ("two runs make a rough estimate)" if len(frames) < 3 else "an estimate, not a guarantee)")
+    )

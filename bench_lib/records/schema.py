@@ -19,6 +19,8 @@ Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when 
      `latency_ratio_to_full_ci_low/high`) from the spread between worker processes, the effort
      behind them (`processes`, `stop_reason`), and the LoRA settings of a `lora` fine-tuning case
      (`lora_rank`, `lora_targets`); `strategy` now takes `lora` and `checkpoint`.
+  6: adds `ci_run_sd`, the spread between runs the ratio intervals were widened by (a setting:
+     `bench_lib precision` can only tell a run's own processes from it when the report says it).
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
 per-round latency samples of every case (long format), so statistics can be recomputed and the
@@ -33,7 +35,7 @@ import io
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +47,7 @@ from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS
 from bench_lib.records.results import STATUSES
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("latency_ratio_to_grad_ci_high", "float", "ratio", "upper end of that interval"),
     _C("latency_ratio_to_full_ci_low", "float", "ratio", "finetune: lower end of the 95% confidence interval of latency_ratio_to_full (as for latency_ratio_to_grad)"),
     _C("latency_ratio_to_full_ci_high", "float", "ratio", "finetune: upper end of that interval"),
+    _C("ci_run_sd", "float", "log sd", "the spread of a ratio between runs that the ratio intervals were widened by (standard deviation of its log: 0.012 = 1.2%; `--bench-ci-run-sd`, [tool.bench_lib] ci_run_sd); the rest of a half-width is what the run's own processes measured. `bench_lib precision` estimates what it should be on a machine from repeat runs. Empty in reports older than schema 6"),
     _C("processes", "int", "processes", "independent worker processes whose rounds stand behind the latency figures (adaptive effort adds processes until the group's ratio intervals meet the target)"),
     _C("stop_reason", "str", "", "why the group stopped adding processes: `target` (every ratio interval of the group within the precision target), `budget` (its time budget spent), `max_processes`, `no_ratio` (the group has no ratio interval to aim at: its reference alone, or every other variant failed) or `fixed` (the profile or `--bench-processes` fixes the number of processes)"),
     _C("rounds", "int", "", "timed rounds (samples) behind the statistics, all processes together"),
@@ -298,7 +301,15 @@ def _v4_to_v5(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{name: pd.NA for name in V5_ADDED if name not in frame}, schema_version="5")
 
 
-_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(frame: pd.DataFrame) -> pd.DataFrame:
+    """What a version 5 report's intervals were widened by is unknown (0 before the widening,
+    the setting after): empty."""
+    import pandas as pd
+
+    return frame.assign(**{"ci_run_sd": pd.NA} if "ci_run_sd" not in frame else {}, schema_version="6")
+
+
+_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -478,11 +489,15 @@ def read_modules(report: Path | str) -> pd.DataFrame | None:
         ) from None
 
 
-def read_csv_strict(path: Path, what: str = "report") -> pd.DataFrame:
+def read_csv_strict(
+    path: Path, what: str = "report", identify: Callable[[pd.DataFrame], None] | None = None
+) -> pd.DataFrame:
     """A CSV file as text columns, after checking that every record has as many fields as the
-    header: pandas fills a short record (a file cut off mid-row by a crash or a copy) with
-    empty values, which would read as a case that measured nothing. `UserError` when it is not
-    one, naming the file and the line. Blank lines are skipped, as pandas does."""
+    header and that the last line has its line end: pandas fills a short record (a file cut off
+    mid-row by a crash or a copy) with empty values, which would read as a case that measured
+    nothing. `UserError` when it is not one, naming the file and the line. `identify` raises
+    first for a file that is not a `what` at all (which would read as a truncated one). Blank
+    lines are skipped, as pandas does."""
     import pandas as pd
 
     try:
@@ -499,20 +514,23 @@ def read_csv_strict(path: Path, what: str = "report") -> pd.DataFrame:
         raise UserError(
             f"{path}: line {line} has {fields} fields, the header {header}: a truncated or damaged {what}"
         )
-    if not whole:  # cut inside its last field: the field count cannot see it
-        raise UserError(
-            f"{path}: the last line has no line end: a truncated {what} "
-            "(bench_lib ends every line it writes; if the file is whole, end it with a newline)"
-        )
     try:
         # from the path (faster than from memory), the bytes checked: no decompression by suffix
-        return pd.read_csv(path, dtype=str, keep_default_na=False, compression=None)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, compression=None)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a CSV {what} (not UTF-8 text)") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: empty file, not a {what}") from None
     except pd.errors.ParserError as exc:
         raise UserError(f"{path}: not a CSV {what} ({str(exc).splitlines()[0]})") from None
+    if identify is not None:
+        identify(frame)
+    if not whole:  # cut inside its last field: the field count cannot see it
+        raise UserError(
+            f"{path}: the last line has no line end: a truncated {what} "
+            "(bench_lib ends every line it writes; if the file is whole, end it with a newline)"
+        )
+    return frame
 
 
 def _ends_a_line(data: bytes) -> bool:
@@ -604,9 +622,12 @@ def read_report(path: Path | str) -> pd.DataFrame:
         raise UserError(f"{path}: a folder, not a report")
     if not path.is_file():
         raise UserError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
-    frame = read_csv_strict(path)
-    if "schema_version" not in frame:
-        raise UserError(f"{path}: no schema_version column: not a bench_lib report")
+
+    def identify(frame: pd.DataFrame) -> None:
+        if "schema_version" not in frame:
+            raise UserError(f"{path}: no schema_version column: not a bench_lib report")
+
+    frame = read_csv_strict(path, identify=identify)
     versions = pd.to_numeric(frame["schema_version"], errors="coerce")
     if frame.empty or versions.isna().any():
         raise UserError(f"{path}: schema_version missing or not a number")
