@@ -350,3 +350,29 @@ def test_every_zoo_models_suite_figures_equal_the_allocator_read_independently(n
         assert sum(m.mem_peak_bytes for m in result.modules) == result.metrics["mem_peak_bytes"]
         saved = sum(m.mem_saved_for_backward_bytes for m in result.modules)
         assert saved == result.metrics["mem_saved_for_backward_bytes"]
+
+
+def test_torch_2_11s_profiler_notice_stays_off_stderr_and_other_warnings_pass(monkeypatch):
+    """torch 2.11 warns as every profiler starts that a cycle's events are cleared (it broke the
+    one line `run` says when its output is closed); the trace silences that notice only: a
+    warning from the model it traces still reaches the user, and the filters are restored."""
+    import warnings
+
+    real_enter = torch.profiler.profile.__enter__
+    notice = (
+        "Warning: Profiler clears events at the end of each cycle.Only events from the current "
+        "cycle will be reported.To keep events across cycles, set acc_events=True."
+    )  # torch 2.11's words
+
+    def enter_like_2_11(self):
+        warnings.warn(notice, UserWarning, stacklevel=2)
+        return real_enter(self)
+
+    monkeypatch.setattr(torch.profiler.profile, "__enter__", enter_like_2_11)
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with MemoryTrace("cpu").track():
+            warnings.warn("the model's own warning", UserWarning, stacklevel=2)
+    assert [str(w.message) for w in caught] == ["the model's own warning"]
+    assert warnings.filters == filters

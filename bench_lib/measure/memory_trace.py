@@ -33,6 +33,7 @@ The suite traces one untimed call per case, in one worker process, outside the t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -45,6 +46,8 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 
 from bench_lib.measure.memory import PeakCounter, StoragePeakTracker
 from bench_lib.records.results import ModuleMemory
+
+PROFILER_NOISE = "Warning: Profiler clears events at the end of each cycle"
 
 ROOT = "(root)"  # the model's own forward, outside its submodules
 OUTSIDE = "(outside modules)"  # allocations in the block outside the model's modules
@@ -121,8 +124,12 @@ class MemoryTrace:
             activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
         )
         try:
-            with profiler:
-                yield self
+            with warnings.catch_warnings():
+                # torch 2.11 warns as a trace starts that a cycle's events are cleared at its end
+                # (there is one cycle here): noise on the run's stderr, once per worker process
+                warnings.filterwarnings("ignore", message=PROFILER_NOISE, category=UserWarning)
+                with profiler:
+                    yield self
         finally:
             for hook in hooks:
                 hook.remove()
