@@ -285,3 +285,14 @@ def test_the_command_says_when_ci_run_sd_is_too_wide_too_narrow_or_fits(tmp_path
     narrow = said(0.02, 0.005)  # drift of 2% against 0.5% allowed: the intervals miss
     assert "are too narrow (they miss) here: set ci_run_sd = 0.02" in narrow
     assert "The setting fits this machine." in said(0.012, 0.012)
+
+
+def test_a_run_without_a_suite_leaves_the_others_estimate_alone():
+    """Three runs, one of which measured no inference ratio (a run of the other suite): the
+    two that did still give the spread; a figure no run has gives none."""
+    rng = np.random.default_rng(11)
+    runs = [widened_run(rng, run_sd=0.01) for _ in range(3)]
+    runs[1] = runs[1].assign(latency_ratio_to_grad=np.nan)
+    both = run_spread([runs[0], runs[2]], "latency_ratio_to_grad")
+    assert both is not None and run_spread(runs, "latency_ratio_to_grad") == pytest.approx(both)
+    assert run_spread(runs, "latency_ratio_to_full") is None

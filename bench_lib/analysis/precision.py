@@ -60,15 +60,15 @@ def own_rows(frame: pd.DataFrame, figure: str, run_sd: float | None = None) -> p
     measured (its `ci_run_sd`, or `run_sd` when given, taken out as `own_half_width` does), and
     `se`, the standard error of the log ratio that interval stands for: its log half-width over
     the t quantile of its processes (a t-interval of 4 processes is 3.18 standard errors wide
-    each way, not 1.96; the normal quantile where the report does not say its processes). None
-    when the report does not say what its intervals were widened by (older than schema 6) and
-    `run_sd` is not given."""
+    each way, not 1.96; the normal quantile where the report does not say its processes). Empty
+    when the run has no such ratio; None when the report does not say what its intervals were
+    widened by (older than schema 6) and `run_sd` is not given."""
     from scipy import stats as sps
 
     rows = figure_rows(frame, figure, extra=("ci_run_sd", "processes"))
     if run_sd is not None:
         rows["ci_run_sd"] = run_sd
-    if rows.empty or rows["ci_run_sd"].isna().any():
+    if rows["ci_run_sd"].isna().any() or (rows.empty and "ci_run_sd" not in frame):
         return None
     rows = rows[(rows["value"] > 0) & ~(rows["processes"] < 2)]
     h = np.log(rows["high"] / rows["value"])
