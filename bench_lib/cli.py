@@ -365,8 +365,10 @@ def os_error_line(exc: OSError) -> str:
     """An `OSError` as one line naming the path: "results/x.csv: Permission denied"."""
     where = exc.filename2 if isinstance(exc, IsADirectoryError) and exc.filename2 else exc.filename
     what = exc.strerror or str(exc)
-    if isinstance(exc, FileExistsError):  # mkdir(exist_ok=True) met a file where a folder should be
-        what = "a file, not a folder"
+    if isinstance(exc, FileExistsError) and exc.filename:  # mkdir(exist_ok=True) met a file or a link
+        from bench_lib.records.schema import not_a_folder
+
+        what = not_a_folder(exc.filename)
     return f"{where}: {what}" if where else what
 
 

@@ -222,6 +222,11 @@ def write(tmp_path, name, text):
         (lambda t: ["report", str(SMALL), "--format", "md", "--out", str(t)], "{t}: Is a directory"),
         (lambda t: ["report", str(SMALL), "--out", f"{SMALL}/x.md"], f"{SMALL}: a file, not a folder"),
         (lambda t: ["compare", str(SMALL), another_run(t), "--out", str(t)], "Is a directory"),
+        # a results folder that is a link to nothing: not "a file"
+        (
+            lambda t: ["history", "add", str(SMALL), "--db", f"{dangling(t)}/h.sqlite"],
+            "{t}/gone: a link to {t}/nowhere/x, which does not exist",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
@@ -237,6 +242,21 @@ def edited(tmp_path, row, **values):
         frame.loc[row, column] = value
     frame.to_csv(tmp_path / "edited.csv", index=False)
     return str(tmp_path / "edited.csv")
+
+
+def dangling(tmp_path):
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere" / "x")
+    return tmp_path / "gone"
+
+
+def test_a_results_folder_that_is_a_link_to_nothing_is_named_so(tmp_path):
+    from bench_lib.errors import UserError
+    from bench_lib.records.schema import check_writable
+
+    with pytest.raises(UserError, match=r"a link to .*nowhere/x, which does not exist"):
+        check_writable(dangling(tmp_path))
+    with pytest.raises(UserError, match="a file, not a folder"):
+        check_writable(Path(write(tmp_path, "f", "")))
 
 
 def gzipped(tmp_path, text):

@@ -380,7 +380,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as exc:  # mkdir met a file where a folder of `path` should be
-        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", exc.filename) from exc
+        raise NotADirectoryError(errno.ENOTDIR, not_a_folder(exc.filename), exc.filename) from exc
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(given)) from exc
     try:
@@ -405,13 +405,22 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def not_a_folder(path: str | Path) -> str:
+    """Why a folder cannot be made at `path`, which exists: a file, or a link to nothing (a
+    dangling link is not a file, and mkdir cannot follow it)."""
+    where = Path(path)
+    if where.is_symlink() and not where.exists():
+        return f"a link to {os.readlink(where)}, which does not exist"
+    return "a file, not a folder"
+
+
 def check_writable(folder: Path) -> None:
     """`UserError` unless files can be written in `folder` (made if missing): asked before a run
     measures anything, so a bad results folder costs one line, not the run."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"cannot write reports in {folder}: a file, not a folder") from None
+    except FileExistsError as exc:
+        raise UserError(f"cannot write reports in {folder}: {not_a_folder(exc.filename or folder)}") from None
     except OSError as exc:
         where = "" if exc.filename in (None, str(folder)) else f"{exc.filename}: "
         raise UserError(f"cannot write reports in {folder}: {where}{exc.strerror}") from None
