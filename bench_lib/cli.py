@@ -141,7 +141,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench_lib.analysis import report
 
     paths = args.reports or [DEFAULT_REPORT]
-    frame, modules = load_results(paths), load_modules(paths)
+    import pandas as pd
+
+    from bench_lib.records.schema import read_report
+
+    frames = [read_report(p) for p in paths]
+    for one, path in zip(frames, paths, strict=True):  # a file that holds two runs is named alone
+        _one_run_per_case(one, [path])
+    frame, modules = pd.concat(frames, ignore_index=True), load_modules(paths)
     _one_run_per_case(frame, paths)
     if args.format == "html" and not args.out:
         raise UserError("--format html needs --out FILE")

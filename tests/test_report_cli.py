@@ -216,6 +216,12 @@ def write(tmp_path, name, text):
         ),
         (lambda t: ["report", str(SMALL), str(SMALL)], "is given twice"),
         (lambda t: ["report", str(SMALL), another_run(t)], "both measured inference-mlp-cpu-b32-grad"),
+        # one file that holds two runs is named alone, with or without another file beside it
+        (lambda t: ["report", two_runs(t)], "two.csv holds runs 20260101T000000Z_0123456789ab and 20260102"),
+        (
+            lambda t: ["report", two_runs(t), another_run(t)],
+            "two.csv holds runs 20260101T000000Z_0123456789ab",
+        ),
         (lambda t: ["precision", str(SMALL), str(SMALL)], "hold the same run 20260101T000000Z_0123456789ab"),
         (lambda t: ["report", str(t)], "a folder, not a report"),
         # OS errors: one line naming the path, not a traceback
@@ -275,6 +281,12 @@ def with_cut_modules(tmp_path):
     report = Path(write(tmp_path, "r.csv", SMALL.read_text()))
     report.with_name("r.modules.csv").write_text(SMALL.with_name("small.modules.csv").read_text()[:-30])
     return str(report)
+
+
+def two_runs(tmp_path):
+    """SMALL and a second run of its cases in one file."""
+    lines = SMALL.read_text().replace("20260101T000000Z_", "20260102T000000Z_").splitlines()[1:]
+    return write(tmp_path, "two.csv", SMALL.read_text() + "\n".join(lines) + "\n")
 
 
 def another_run(tmp_path):
