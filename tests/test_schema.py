@@ -272,6 +272,25 @@ def test_atomic_writes_follow_links_keep_modes_and_write_into_pipes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.md", "real.md"]
 
 
+def test_a_pipe_whose_reader_leaves_early_is_one_line_naming_it(tmp_path):
+    """`gate ... --md FIFO` whose reader closes before the end: an error naming the pipe (one
+    line, exit 2, at the command line), not the quiet exit 141 of a closed standard output,
+    which the gate's callers would not tell from a verdict they never saw. 1 MB fills the
+    pipe's buffer, so the write waits for the reader and sees it go."""
+    import os
+    import threading
+
+    from bench_lib.records.schema import write_text_atomic
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: open(fifo).close())  # opens, reads nothing, leaves
+    reader.start()
+    with pytest.raises(UserError, match=f"{fifo}: its reader closed it before the end"):
+        write_text_atomic(fifo, "x" * 2**20)
+    reader.join(timeout=10)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"\xff\xfe\x00binary", "not valid TOML (not UTF-8 text)"), (b"[tool\n", "not valid TOML")],

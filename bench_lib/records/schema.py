@@ -373,6 +373,10 @@ def write_text_atomic(path: Path, text: str) -> None:
         try:
             with open(path, "w") as f:  # a device or a pipe (/dev/stdout, >(...)): nothing to replace
                 f.write(text)
+        except BrokenPipeError:
+            if _is_stdout(path):  # `--out /dev/stdout | head`: quiet, as for standard output
+                raise
+            raise UserError(f"{given}: its reader closed it before the end (Broken pipe)") from None
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(given)) from exc
         return
@@ -403,6 +407,14 @@ def write_text_atomic(path: Path, text: str) -> None:
         if isinstance(exc, OSError):
             raise OSError(exc.errno, exc.strerror, str(given)) from exc
         raise
+
+
+def _is_stdout(path: Path) -> bool:
+    """Whether `path` is this process's standard output (`/dev/stdout`, `/proc/self/fd/1`)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(1))
+    except OSError:
+        return False
 
 
 def not_a_folder(path: str | Path) -> str:
