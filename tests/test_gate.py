@@ -270,6 +270,9 @@ def test_a_samples_file_cut_inside_its_last_value_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "b0.samples.csv: the last line has no line end: a truncated samples file" in err, err
     assert err.count("\n") == 1
+    samples.write_text("a,b\n1,2")  # not a samples file at all: that comes first
+    assert main(["gate", str(tmp_path / "base" / "b0.csv"), str(tmp_path / "base" / "b0.csv")]) == 2
+    assert "b0.samples.csv: missing columns" in capsys.readouterr().err
 
 
 def test_the_change_interval_is_welchs_t_on_log_medians_checked_by_hand():

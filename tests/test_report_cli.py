@@ -204,6 +204,11 @@ def write(tmp_path, name, text):
             "line 14 has 59 fields, the header 96",
         ),
         (lambda t: ["report", write(t, "q.csv", '""\n')], "q.csv: "),
+        # not a report at all, and no line end either: what it is comes first
+        (
+            lambda t: ["report", write(t, "nr.csv", "a,b\n1,2")],
+            "nr.csv: no schema_version column: not a bench_lib",
+        ),
         # cut inside the last field ("glibc pin" of "glibc pinned"), or right after the last comma:
         # as many fields as the header, only the line end is missing
         (
@@ -223,6 +228,7 @@ def write(tmp_path, name, text):
             "two.csv holds runs 20260101T000000Z_0123456789ab",
         ),
         (lambda t: ["precision", str(SMALL), str(SMALL)], "hold the same run 20260101T000000Z_0123456789ab"),
+        (lambda t: ["report", write(t, "h.csv", "schema_version,run_id\n")], "h.csv: a header and no rows"),
         (lambda t: ["report", str(t)], "a folder, not a report"),
         # OS errors: one line naming the path, not a traceback
         (lambda t: ["report", str(SMALL), "--format", "md", "--out", str(t)], "{t}: Is a directory"),

@@ -78,27 +78,101 @@ def own_rows(frame: pd.DataFrame, figure: str, run_sd: float | None = None) -> p
     return rows.assign(low=rows["value"] * np.exp(-own), high=rows["value"] * np.exp(own), se=own / t)
 
 
-def run_spread(frames: Sequence[pd.DataFrame], figure: str, run_sd: float | None = None) -> float | None:
-    """The standard deviation of a ratio's log from one run to the next beyond what each run's
-    own processes measured (`own_rows`): the `ci_run_sd` these runs support. A method-of-moments
-    estimate of a random run effect (as in DerSimonian-Laird): per case, the variance of the log
-    ratio over the runs less the mean squared standard error of the runs' own estimates; the
-    mean over cases, 0 when negative. None when a report does not say its `ci_run_sd` (and
-    `run_sd` is not given) or no case has two runs."""
+@dataclass(frozen=True)
+class Spread:
+    """The spread of a ratio's log between runs beyond each run's own processes (`run_spread`)."""
+
+    figure: str
+    value: float  # standard deviation of the log ratio
+    low: float | None  # 95% interval, jackknife over runs (None with two runs)
+    high: float | None
+    runs: int  # runs that measured the figure
+    used: tuple[float, ...]  # the ci_run_sd values its rows were widened by
+
+    def verdict(self) -> str:
+        """ "fits", "too wide", "too narrow" (the setting outside the interval), "unknown" (two
+        runs: no interval) or "mixed" (rows widened by different values)."""
+        if len(self.used) != 1:
+            return "mixed"
+        if self.low is None or self.high is None:
+            return "unknown"
+        setting = self.used[0]
+        return "too wide" if setting > self.high else "too narrow" if setting < self.low else "fits"
+
+    def describe(self) -> str:
+        interval = "" if self.low is None else f", 95% interval {self.low:.2%} to {self.high:.2%}"
+        return f"{self.value:.2%} (sd of the log ratio{interval}; {self.runs} runs)"
+
+
+def _tau2(logs: np.ndarray, se2: np.ndarray) -> float | None:
+    """The variance of a random run effect from a cases x runs table of log ratios and their own
+    squared standard errors (NaN where a run lacks a case): per case the variance over its runs
+    less its mean squared error, pooled with the weights of inverse variance that the variance of
+    a sample variance gives, (n - 1) / (tau^2 + se^2)^2, iterated to a fixed point (as
+    Paule-Mandel does): a case whose own processes were noisy counts for little. A case's
+    weight and its excess share its own error, so where nothing moves between runs it errs high
+    by a fraction of the cases' own standard error (0.2% for 0.5%): towards wider intervals.
+    None when no case has two runs."""
+    n = np.sum(~np.isnan(logs), axis=1)
+    keep = n >= 2
+    if not keep.any():
+        return None
+    logs, se2, n = logs[keep], se2[keep], n[keep]
+    excess = np.nanvar(logs, axis=1, ddof=1) - np.nanmean(se2, axis=1)
+    own = np.nanmean(se2, axis=1)
+    tau2 = max(float(np.mean(excess)), 0.0)
+    for _ in range(100):
+        weights = (n - 1) / (tau2 + own) ** 2 if (tau2 + own).min() > 0 else (n - 1).astype(float)
+        new = max(float(np.sum(weights * excess) / np.sum(weights)), 0.0)
+        if abs(new - tau2) <= 1e-15:
+            break
+        tau2 = new
+    return tau2
+
+
+def run_spread(frames: Sequence[pd.DataFrame], figure: str, run_sd: float | None = None) -> Spread | None:
+    """How far a ratio moves from one run to the next beyond what each run's own processes
+    measured (`own_rows`): the `ci_run_sd` these runs support, `_tau2`'s estimate, with a 95%
+    interval from a jackknife over runs (each run left out in turn; t quantile of runs - 1),
+    its upper end raised to the chi-square bound of runs - 1 degrees of freedom. A whole run
+    can move every ratio together, so the runs, not the cases, are what is replicated: with few
+    runs the interval is wide, whatever the number of cases; and the advice errs towards wider
+    intervals, which cost precision, not trust. None when a
+    report does not say its `ci_run_sd` (and `run_sd` is not given) or no case has two runs."""
+    from scipy import stats as sps
+
     per_run = [own_rows(f, figure, run_sd) for f in frames]
     if any(r is None for r in per_run):
         return None
-    rows = pd.concat([r for r in per_run if r is not None], ignore_index=True)
-    if rows.empty:
+    present = [r for r in per_run if r is not None and not r.empty]
+    if len(present) < 2:
         return None
-    by_case = pd.DataFrame({"log": np.log(rows["value"]), "se2": rows["se"] ** 2}).groupby(
-        [rows[k].astype("string").fillna("").to_numpy() for k in KEY_FIELDS]
+    rows = pd.concat([r.assign(run=i) for i, r in enumerate(present)], ignore_index=True)
+    rows["case"] = list(
+        zip(*(rows[k].astype("string").fillna("").to_numpy() for k in KEY_FIELDS), strict=True)
     )
-    counts = by_case["log"].count()
-    excess = (by_case["log"].var(ddof=1) - by_case["se2"].mean())[counts >= 2]
-    if excess.empty:
+    logs = rows.pivot_table(index="case", columns="run", values="value", aggfunc="first")
+    se2 = rows.assign(se2=rows["se"] ** 2).pivot_table(
+        index="case", columns="run", values="se2", aggfunc="first"
+    )
+    logs, se2 = np.log(logs.to_numpy(dtype=float)), se2.reindex_like(logs).to_numpy(dtype=float)
+    tau2 = _tau2(logs, se2)
+    if tau2 is None:
         return None
-    return float(np.sqrt(max(float(excess.mean()), 0.0)))
+    used = tuple(sorted({float(v) for v in rows["ci_run_sd"]}))
+    k = logs.shape[1]
+    low = high = None
+    if k >= 3:
+        left_out = [_tau2(np.delete(logs, j, axis=1), np.delete(se2, j, axis=1)) for j in range(k)]
+        if all(v is not None for v in left_out):
+            pseudo = k * tau2 - (k - 1) * np.array(left_out, dtype=float)
+            half = float(sps.t.ppf(0.5 + CONFIDENCE / 2, k - 1) * np.std(pseudo, ddof=1) / np.sqrt(k))
+            # the upper end no lower than where k runs of one shared shift each would put it
+            # (chi-square with k - 1 degrees of freedom): the jackknife alone sits too low then,
+            # and too low an upper end would advise intervals narrower than the machine allows
+            shared = tau2 * (k - 1) / float(sps.chi2.ppf((1 - CONFIDENCE) / 2, k - 1))
+            low, high = float(np.sqrt(max(tau2 - half, 0.0))), float(np.sqrt(max(tau2 + half, shared)))
+    return Spread(figure, float(np.sqrt(tau2)), low, high, k, used)
 
 
 @dataclass(frozen=True)
@@ -149,7 +223,8 @@ def spread_beyond_intervals(frames: Sequence[pd.DataFrame], figure: str) -> floa
     theirs (older than schema 6). Where they were widened, part of each half-width is a normal
     quantile's, so this errs high (towards wider intervals); None with fewer than two runs of a
     case."""
-    return run_spread(frames, figure, run_sd=0.0)
+    spread = run_spread(frames, figure, run_sd=0.0)
+    return None if spread is None else spread.value
 
 
 def ratio_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -229,7 +304,7 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
             "these reports hold no confidence intervals (older than schema 5, or one process per group)"
         )
     lines = [f"{len(frames)} runs: " + ", ".join(names)]
-    spreads: dict[str, float] = {}
+    spreads: list[Spread] = []
     for figure in FIGURES:
         c = coverage(frames, figure)
         if not c.pairs:
@@ -242,27 +317,36 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
             lines.append(f"  furthest apart: {c.worst}")
         if figure in RATIOS:
             own = [own_rows(f, figure) for f in frames]
-            needed = run_spread(frames, figure)
-            if needed is not None and all(r is not None for r in own):
+            spread = run_spread(frames, figure)
+            if spread is not None:
                 o = rows_coverage([r for r in own if r is not None], figure)
                 lines.append(
                     f"  the runs' own processes alone (ci_run_sd taken out): {o.held} of {o.pairs} = "
-                    f"{o.share:.1%}; the spread between runs beyond them: {needed:.2%} (sd of the log ratio)"
+                    f"{o.share:.1%}; the spread between runs beyond them: {spread.describe()}"
                 )
-                spreads[figure] = needed
-            else:  # an older report: what its intervals were widened by is unknown
-                spread = spread_beyond_intervals(frames, figure)
-                if spread is not None:
-                    lines.append(
-                        f"  spread between runs beyond the intervals: {spread:.2%} (sd of the log ratio; "
-                        + (
-                            "the intervals allow for it)"
-                            if spread == 0
-                            else "add it to ci_run_sd in quadrature)"
-                        )
+                spreads.append(spread)
+                continue
+            unsaid = [n for n, r in zip(names, own, strict=True) if r is None]
+            beyond = spread_beyond_intervals(frames, figure)
+            if beyond is not None:
+                lines.append(
+                    f"  spread between runs beyond the intervals: {beyond:.2%} (sd of the log ratio; "
+                    + ("the intervals allow for it" if beyond == 0 else "add it to ci_run_sd in quadrature")
+                    + (
+                        f"; {', '.join(unsaid)} "
+                        + ("does not say its" if len(unsaid) == 1 else "do not say their")
+                        + " ci_run_sd (older than schema 6)"
+                        if unsaid
+                        else ""
                     )
+                    + ")"
+                )
+    if len(lines) == 1:
+        raise UserError(
+            "no case was measured in two of these runs: precision compares repeat runs of the same cases"
+        )
     if spreads:
-        lines.append(advice(frames, spreads))
+        lines.append(advice(spreads))
     for name, frame in zip(names, frames, strict=True):
         met, total = target_share(frame, precision)
         rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
@@ -278,25 +362,28 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
 SUITE_OF = {"latency_ratio_to_grad": "inference", "latency_ratio_to_full": "fine-tuning"}
 
 
-def advice(frames: Sequence[pd.DataFrame], spreads: dict[str, float]) -> str:
-    """What `ci_run_sd` these runs support against what they were widened by: the largest
-    spread of the ratio figures (one setting serves both suites), rounded up to 0.1%. Within a
-    quarter of the setting it fits: a handful of runs cannot tell such a difference apart."""
-    used = sorted({float(v) for f in frames for v in f.get("ci_run_sd", pd.Series()).dropna()})
-    needed = max(spreads.values())
-    each = ", ".join(f"{SUITE_OF[f]} {v:.2%}" for f, v in spreads.items())
-    suggested = math.ceil(needed * 1000 - 1e-9) / 1000
-    widened = " / ".join(f"{u:.2%}" for u in used)
-    text = (
-        f"ci_run_sd: these runs' intervals were widened by {widened}; the spread between runs beyond "
-        f"their own processes was {needed:.2%} ({each}) over {len(frames)} runs. "
-    )
-    if len(used) == 1 and 0.75 * used[0] <= suggested <= 1.25 * used[0]:
-        return text + "The setting fits this machine."
-    kind = "too wide (wasted precision)" if used and suggested < min(used) else "too narrow (they miss)"
-    return text + (
-        f"Intervals widened by {widened} are {kind} here: set ci_run_sd = {suggested:.3f} in "
-        f"[tool.bench_lib] (or BENCH_CI_RUN_SD={suggested:.3f}) on this machine, then check it on new "
-        "repeat runs: coverage should stay at 90% or more ("
-        + ("two runs make a rough estimate)" if len(frames) < 3 else "an estimate, not a guarantee)")
-    )
+def advice(spreads: Sequence[Spread]) -> str:
+    """Whether each ratio figure's `ci_run_sd` fits the spread its runs show (the setting inside
+    the spread's 95% interval), and what to set where it does not: the largest estimate of the
+    figures (one setting serves both suites), rounded up to 0.1%."""
+    parts, verdicts = [], []
+    for sp in spreads:
+        widened = " / ".join(f"{u:.2%}" for u in sp.used)
+        verdict = sp.verdict()
+        verdicts.append(verdict)
+        said = {
+            "mixed": "rows widened by different values: no verdict",
+            "unknown": "two runs give no interval: no verdict",
+        }.get(verdict, verdict)
+        parts.append(f"{SUITE_OF[sp.figure]} {sp.value:.2%} against {widened}: {said}")
+    text = "ci_run_sd: " + "; ".join(parts) + ". "
+    suggested = math.ceil(max(sp.value for sp in spreads) * 1000 - 1e-9) / 1000
+    setting = f"set ci_run_sd = {suggested:.3f} in [tool.bench_lib] (or BENCH_CI_RUN_SD={suggested:.3f})"
+    check = ", then check it on new repeat runs (coverage should stay at 90% or more)"
+    if "too narrow" in verdicts:
+        return text + f"The intervals miss what happens between runs here: {setting}{check}."
+    if verdicts and all(v == "too wide" for v in verdicts):
+        return text + f"The intervals are wider than this machine needs: {setting}{check}."
+    if "fits" in verdicts and all(v in ("fits", "too wide") for v in verdicts):
+        return text + "The setting fits this machine (within what these runs can tell)."
+    return text + "Measure at least three runs of one setting for a verdict."

@@ -222,12 +222,15 @@ def load_side(paths: Sequence[str | Path], unit: str = "run") -> Side:
 def read_samples(path: Path, report: pd.DataFrame) -> pd.DataFrame:
     """A report's raw samples, validated against it: numeric, finite, non-negative latencies,
     whole process numbers, and only runs that the report has."""
-    raw = read_csv_strict(path, "samples file")
+    needed = {*KEY_FIELDS, "run_id", "process", "latency_ms"} - {"compile"}  # compile: from schema 3
+
+    def identify(raw: pd.DataFrame) -> None:  # before the line-end check: not a samples file at all
+        if not needed <= set(raw.columns):
+            raise UserError(f"{path}: missing columns {sorted(needed - set(raw.columns))}")
+
+    raw = read_csv_strict(path, "samples file", identify=identify)
     if "compile" not in raw:  # samples written before schema 3
         raw["compile"] = ""
-    needed = {*KEY_FIELDS, "run_id", "process", "latency_ms"}
-    if not needed <= set(raw.columns):
-        raise UserError(f"{path}: missing columns {sorted(needed - set(raw.columns))}")
     latency = pd.to_numeric(raw["latency_ms"], errors="coerce")
     bad = raw.index[latency.isna() | ~np.isfinite(latency.fillna(0)) | (latency < 0)]
     if len(bad):

@@ -493,10 +493,13 @@ def read_modules(report: Path | str) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        frame = read_csv_strict(path, "modules file").replace("", pd.NA)
-        missing = [c for c in MODULE_FILE_COLUMNS if c not in frame]
-        if missing:
-            raise UserError(f"{path}: missing columns: {', '.join(missing)}")
+
+        def identify(frame: pd.DataFrame) -> None:  # before the line-end check
+            missing = [c for c in MODULE_FILE_COLUMNS if c not in frame]
+            if missing:
+                raise UserError(f"{path}: missing columns: {', '.join(missing)}")
+
+        frame = read_csv_strict(path, "modules file", identify=identify).replace("", pd.NA)
         return modules_frame(frame[list(MODULE_FILE_COLUMNS)].to_dict("records"))
     except (
         pd.errors.ParserError,
@@ -527,6 +530,8 @@ def read_csv_strict(
         raise UserError(f"{path}: a folder, not a {what}") from None
     if not data.strip():
         raise UserError(f"{path}: empty file, not a {what}")
+    if identify is not None:  # by its header, before anything is called damaged
+        identify(pd.DataFrame(columns=_header(data)))
     bad = _unequal_record(data)
     whole = _ends_a_line(data)
     del data  # not held while pandas parses the file
@@ -544,14 +549,27 @@ def read_csv_strict(
         raise UserError(f"{path}: empty file, not a {what}") from None
     except pd.errors.ParserError as exc:
         raise UserError(f"{path}: not a CSV {what} ({str(exc).splitlines()[0]})") from None
-    if identify is not None:
-        identify(frame)
     if not whole:  # cut inside its last field: the field count cannot see it
         raise UserError(
             f"{path}: the last line has no line end: a truncated {what} "
             "(bench_lib ends every line it writes; if the file is whole, end it with a newline)"
         )
     return frame
+
+
+def _header(data: bytes) -> list[str]:
+    """The column names of the first line that is not blank, as the csv module splits it (from
+    the first megabyte; [] when there is none)."""
+    import csv
+
+    head = data[: 1 << 20].decode("utf-8-sig", errors="replace")
+    try:
+        for record in csv.reader(io.StringIO(head, newline="")):
+            if "".join(record).strip():
+                return record
+    except csv.Error:  # a NUL byte: not text, which pandas says
+        pass
+    return []
 
 
 def _ends_a_line(data: bytes) -> bool:
@@ -649,8 +667,10 @@ def read_report(path: Path | str) -> pd.DataFrame:
             raise UserError(f"{path}: no schema_version column: not a bench_lib report")
 
     frame = read_csv_strict(path, identify=identify)
+    if frame.empty:
+        raise UserError(f"{path}: a header and no rows: an empty report")
     versions = pd.to_numeric(frame["schema_version"], errors="coerce")
-    if frame.empty or versions.isna().any():
+    if versions.isna().any():
         raise UserError(f"{path}: schema_version missing or not a number")
     version = int(versions.max())
     if version > SCHEMA_VERSION:
