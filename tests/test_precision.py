@@ -327,7 +327,8 @@ def test_the_command_says_when_ci_run_sd_is_too_wide_too_narrow_or_fits():
     wide = said(0.0, 0.012)  # the machine keeps still between runs: 1.2% is wasted
     assert "the runs' own processes alone (ci_run_sd taken out): 394 of 400 = 98.5%" in wide
     assert "ci_run_sd: inference 0.22% against 1.20%: too wide." in wide
-    assert "wider than this machine needs: set ci_run_sd = 0.003 in [tool.bench_lib]" in wide
+    # the most the runs allow (upper end 0.64%), not the estimate: narrower and still honest
+    assert "wider than this machine needs: set ci_run_sd = 0.007 in [tool.bench_lib]" in wide
     narrow = said(0.02, 0.005)  # drift of 2% against 0.5% allowed: the intervals miss
     assert (
         "against 0.50%: too narrow. The intervals miss what happens between runs here: set ci_run_sd = 0.02"

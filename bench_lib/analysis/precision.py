@@ -364,8 +364,9 @@ SUITE_OF = {"latency_ratio_to_grad": "inference", "latency_ratio_to_full": "fine
 
 def advice(spreads: Sequence[Spread]) -> str:
     """Whether each ratio figure's `ci_run_sd` fits the spread its runs show (the setting inside
-    the spread's 95% interval), and what to set where it does not: the largest estimate of the
-    figures (one setting serves both suites), rounded up to 0.1%."""
+    the spread's 95% interval), and what to set where it does not (one setting serves both
+    suites; rounded up to 0.1%): too narrow, the largest estimate; too wide, the largest upper
+    end of the intervals, not their estimates, so that narrower intervals stay honest."""
     parts, verdicts = [], []
     for sp in spreads:
         widened = " / ".join(f"{u:.2%}" for u in sp.used)
@@ -377,13 +378,21 @@ def advice(spreads: Sequence[Spread]) -> str:
         }.get(verdict, verdict)
         parts.append(f"{SUITE_OF[sp.figure]} {sp.value:.2%} against {widened}: {said}")
     text = "ci_run_sd: " + "; ".join(parts) + ". "
-    suggested = math.ceil(max(sp.value for sp in spreads) * 1000 - 1e-9) / 1000
-    setting = f"set ci_run_sd = {suggested:.3f} in [tool.bench_lib] (or BENCH_CI_RUN_SD={suggested:.3f})"
+
+    def setting(value: float) -> str:
+        value = math.ceil(value * 1000 - 1e-9) / 1000
+        return f"set ci_run_sd = {value:.3f} in [tool.bench_lib] (or BENCH_CI_RUN_SD={value:.3f})"
+
     check = ", then check it on new repeat runs (coverage should stay at 90% or more)"
     if "too narrow" in verdicts:
-        return text + f"The intervals miss what happens between runs here: {setting}{check}."
+        largest = max(sp.value for sp in spreads)
+        return text + f"The intervals miss what happens between runs here: {setting(largest)}{check}."
     if verdicts and all(v == "too wide" for v in verdicts):
-        return text + f"The intervals are wider than this machine needs: {setting}{check}."
+        upper = max(sp.high or 0.0 for sp in spreads)
+        return text + (
+            f"The intervals are wider than this machine needs: {setting(upper)} (the most these runs "
+            f"allow){check}."
+        )
     if "fits" in verdicts and all(v in ("fits", "too wide") for v in verdicts):
         return text + "The setting fits this machine (within what these runs can tell)."
     return text + "Measure at least three runs of one setting for a verdict."
