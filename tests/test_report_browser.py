@@ -59,6 +59,28 @@ def test_a_default_profile_sized_fine_tuning_table_fits_a_laptop_screen(tmp_path
     assert [t for t in seen.wide_tables if t[0].startswith(("fine-tuning", "inference"))] == []
 
 
+def test_an_inference_table_with_no_measurable_difference_fits_a_laptop_screen(tmp_path):
+    """A default run's MLP table (1222 px in its 1098 px box before): intervals on every median
+    and a ratio whose interval contains 1.0, tagged "no measurable difference" beside the figure,
+    which widened its column; the tag now goes under the figure and wraps."""
+    from bench_lib.records.schema import read_report
+
+    frame = read_report(SMALL)
+    rows = frame["suite"] == "inference"
+    frame.loc[rows, ["latency_ms_median", "latency_ms_median_ci_low", "latency_ms_median_ci_high"]] = [
+        0.0669, 0.0663, 0.0675,
+    ]  # fmt: skip
+    ratios = ["latency_ratio_to_grad", "latency_ratio_to_grad_ci_low", "latency_ratio_to_grad_ci_high"]
+    frame.loc[rows & frame["mode"].ne("grad"), ratios] = [0.978, 0.954, 1.002]
+    frame.loc[rows, "processes"] = 5
+    frame.to_csv(tmp_path / "nodiff.csv", index=False)
+    out = tmp_path / "nodiff.html"
+    assert main(["report", str(tmp_path / "nodiff.csv"), "--format", "html", "--out", str(out)]) == 0
+    assert "no measurable difference</span>" in out.read_text()
+    seen = browser.check(out, browser.SIZES["laptop"])
+    assert [t for t in seen.wide_tables if t[0].startswith("inference")] == []
+
+
 def test_the_check_sees_a_table_wider_than_its_box(tmp_path):
     page = tmp_path / "wide.html"
     page.write_text(

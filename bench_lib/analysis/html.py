@@ -38,6 +38,7 @@ p.note{color:var(--muted);margin:4px 0 10px;max-width:70em}
 .nodiff{color:var(--muted)}
 .apart .tag{color:#fff;background:var(--accent);border-color:var(--accent)}
 .tag{display:inline-block;font-size:11px;padding:0 5px;margin-left:4px;border:1px solid var(--line);border-radius:8px;background:#fff;color:var(--muted);white-space:nowrap}
+td.num .tag{display:block;width:fit-content;max-width:9em;margin:1px 0 0 auto;white-space:normal;text-align:right}
 details{margin:6px 0}
 details>summary{cursor:pointer;font-weight:600;padding:4px 0;font-size:15px}
 details details>summary{font-size:13px;font-weight:500;color:var(--muted)}
