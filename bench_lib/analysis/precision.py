@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -71,8 +72,7 @@ def own_rows(frame: pd.DataFrame, figure: str, run_sd: float | None = None) -> p
     if rows["ci_run_sd"].isna().any() or (rows.empty and "ci_run_sd" not in frame):
         return None
     rows = rows[(rows["value"] > 0) & ~(rows["processes"] < 2)]
-    h = np.log(rows["high"] / rows["value"])
-    own = np.sqrt(np.maximum(h**2 - (Z_CONFIDENCE * rows["ci_run_sd"]) ** 2, 0.0))
+    own = own_log_half_width(rows["value"], rows["high"], rows["ci_run_sd"])
     t = sps.t.ppf(0.5 + CONFIDENCE / 2, rows["processes"] - 1)
     t = np.where(np.isnan(t), Z_CONFIDENCE, t)
     return rows.assign(low=rows["value"] * np.exp(-own), high=rows["value"] * np.exp(own), se=own / t)
@@ -139,9 +139,13 @@ def run_spread(frames: Sequence[pd.DataFrame], figure: str, run_sd: float | None
     runs the interval is wide, whatever the number of cases; and the advice errs towards wider
     intervals, which cost precision, not trust. None when a
     report does not say its `ci_run_sd` (and `run_sd` is not given) or no case has two runs."""
+    return rows_spread([own_rows(f, figure, run_sd) for f in frames], figure)
+
+
+def rows_spread(per_run: Sequence[pd.DataFrame | None], figure: str) -> Spread | None:
+    """`run_spread` of each run's `own_rows`."""
     from scipy import stats as sps
 
-    per_run = [own_rows(f, figure, run_sd) for f in frames]
     if any(r is None for r in per_run):
         return None
     present = [r for r in per_run if r is not None and not r.empty]
@@ -245,8 +249,15 @@ def own_half_width(value: float, high: float, run_sd: float) -> float:
     """The relative half-width of a reported ratio interval without the spread between runs it
     was widened by (`stats.with_run_spread`, in quadrature on the log scale): what the run's own
     processes measured, which is what adaptive effort judges against `ci_target`."""
-    h = float(np.log(high / value))
-    return float(np.sinh(np.sqrt(max(h * h - (Z_CONFIDENCE * run_sd) ** 2, 0.0))))
+    return float(np.sinh(own_log_half_width(value, high, run_sd)))
+
+
+def own_log_half_width(value: Any, high: Any, run_sd: Any) -> Any:
+    """The log half-width of an interval ending at `high` around `value` with the spread between
+    runs taken out again (`stats.with_run_spread` added 1.96 x `run_sd` in quadrature); numbers
+    or arrays alike."""
+    h = np.log(high / value)
+    return np.sqrt(np.maximum(h * h - (Z_CONFIDENCE * run_sd) ** 2, 0.0))
 
 
 def run_line(frame: pd.DataFrame, ci_target: float, run_sd: float) -> str:
@@ -317,7 +328,7 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
             lines.append(f"  furthest apart: {c.worst}")
         if figure in RATIOS:
             own = [own_rows(f, figure) for f in frames]
-            spread = run_spread(frames, figure)
+            spread = rows_spread(own, figure)
             if spread is not None:
                 o = rows_coverage([r for r in own if r is not None], figure)
                 lines.append(
