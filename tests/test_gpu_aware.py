@@ -2,6 +2,7 @@
 allocator figures against a fake CUDA module, the precision axis, and out-of-memory handling.
 (`make gpu-check` runs the real thing on a GPU machine.)"""
 
+import dataclasses
 import json
 import sys
 import textwrap
@@ -610,3 +611,41 @@ def test_the_real_pynvml_on_a_driver_without_the_v3_process_list_falls_back_to_v
         "nvmlDeviceGetComputeRunningProcesses_v3",
         "nvmlDeviceGetComputeRunningProcesses_v2",
     ]
+
+
+@pytest.mark.skipif(unsupported_reason("cpu", "bfloat16") is not None, reason="no CPU bf16 autocast here")
+def test_each_timed_forward_runs_in_an_autocast_region_of_its_own(monkeypatch):
+    """One region over a round would let grad and no_grad reuse autocast's cast weights across
+    the round's calls while inference_mode (whose cache torch turns off) casts them every call."""
+    import bench_lib.suites.inference.measure as inference
+
+    regions: list[int] = []  # one entry per region entered
+    seen: list[tuple[int, bool]] = []  # per forward: the region it ran in, autocast on
+
+    class Region:
+        def __enter__(self) -> None:
+            regions.append(len(regions))
+            self.inner = torch.autocast("cpu", dtype=torch.bfloat16)
+            self.inner.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.__exit__(*exc)
+
+    monkeypatch.setattr(inference, "autocast", lambda kind, dtype: Region)
+
+    def build() -> torch.nn.Module:
+        model = ZOO["mlp"].build()
+        model.register_forward_pre_hook(
+            lambda *_: seen.append((len(regions), torch.is_autocast_enabled("cpu")))
+        )
+        return model
+
+    spec = dataclasses.replace(ZOO["mlp"], build=build)
+    profile = Profile("t", (2,), rounds=3, warmup_rounds=1, iterations=4, energy_seconds=0.0)
+    results = measure_inference_group(
+        spec, CpuDevice(), 2, profile, ["grad", "inference_mode"], dtype="bfloat16"
+    )
+    assert all(r.ok for r in results.values()), {k: r.error for k, r in results.items()}
+    assert len(seen) >= 2 * (3 + 1) * 4 and all(on for _, on in seen)
+    ids = [region for region, _ in seen]
+    assert len(ids) == len(set(ids)), "forwards shared an autocast region"

@@ -15,7 +15,7 @@ from bench_lib.measure.devices import Device
 from bench_lib.measure.memory import RssPeak, SavedTensorCounter
 from bench_lib.measure.memory_trace import MemoryTrace, ModuleMemory, device_counters
 from bench_lib.measure.modes import REFERENCE_MODE, mode_context, outputs_mismatch, semantics_violation
-from bench_lib.measure.precision import FLOAT32, autocast, within
+from bench_lib.measure.precision import FLOAT32, autocast, each_call, within
 from bench_lib.measure.telemetry import energy_columns
 from bench_lib.measure.timing import Variant, calibrate_iterations, measure_interleaved
 from bench_lib.models import ModelSpec
@@ -150,7 +150,9 @@ def measure_inference_group(
     group = Case(INFERENCE, spec.name, device.kind, "", batch_size, dtype)
     cases = {v: group.with_variant(v) for v in measured}
     compiled = {v for v in measured if cases[v].compile}
-    context = {v: within(mode_context(cases[v].mode), autocast(device.kind, dtype)) for v in measured}
+    cast = autocast(device.kind, dtype)
+    mode_only = {v: mode_context(cases[v].mode) for v in measured}
+    context = {v: within(mode_only[v], cast) for v in measured}  # the one-call probes
     try:
         torch.manual_seed(SEED)
         instance = spec.instantiate(batch_size)
@@ -197,8 +199,9 @@ def measure_inference_group(
         del output
 
     reference = None
-    forward = {m: partial(fast if m in compiled else model, *inputs) for m in measured}
-    variants = [Variant(m, forward[m], context[m]) for m in measured if m not in results]
+    # timed and energy phases: the grad mode per round, autocast per call (see `each_call`)
+    forward = {m: each_call(cast, partial(fast if m in compiled else model, *inputs)) for m in measured}
+    variants = [Variant(m, forward[m], mode_only[m]) for m in measured if m not in results]
     iterations = profile.iterations or calibrate_iterations(
         variants, device, profile.min_round_s, start=instance.iterations, warmup=False
     )
@@ -213,7 +216,7 @@ def measure_inference_group(
         results[mode] = failure(cases[mode], error, **metrics[mode])
     items = instance.items_per_batch or batch_size
     for mode, samples in timed.samples.items():
-        with context[mode]():  # GPU energy per item, in a phase of its own after the timing
+        with mode_only[mode]():  # GPU energy per item, in a phase of its own after the timing
             energy = energy_columns(device.energy(forward[mode], profile.energy_seconds), items)
         results[mode] = CaseResult(
             cases[mode],
