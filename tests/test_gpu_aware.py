@@ -649,3 +649,32 @@ def test_each_timed_forward_runs_in_an_autocast_region_of_its_own(monkeypatch):
     assert len(seen) >= 2 * (3 + 1) * 4 and all(on for _, on in seen)
     ids = [region for region, _ in seen]
     assert len(ids) == len(set(ids)), "forwards shared an autocast region"
+
+
+class SlowEnergyPhaseCpu(CpuDevice):
+    """A CPU device with an energy phase of 2 J over 1 s and 10 calls (100 ms a call, far slower
+    than the timed rounds): the energy per item must follow the rounds' pace, not the phase's."""
+
+    def energy(self, fn, min_seconds):  # type: ignore[no-untyped-def]
+        fn()
+        return telemetry.EnergyReading(joules=2.0, seconds=1.0, calls=10, method="counter")
+
+
+@pytest.mark.parametrize("suite", ["inference", "finetune"])
+def test_energy_per_item_is_the_phases_power_at_the_timed_median_call(suite):
+    from bench_lib.suites.finetune.measure import measure_finetune_group
+
+    profile = Profile("t", (2,), rounds=3, warmup_rounds=1, iterations=2, energy_seconds=1.0)
+    if suite == "inference":
+        results = measure_inference_group(ZOO["mlp"], SlowEnergyPhaseCpu(), 2, profile, ["grad", "no_grad"])
+    else:
+        results = measure_finetune_group(
+            ZOO["mlp"], SlowEnergyPhaseCpu(), 2, profile, ["sgd/full", "sgd/frozen_nograd"]
+        )
+    assert results and all(r.ok for r in results.values()), {k: r.error for k, r in results.items()}
+    for result in results.values():
+        row = result.row()
+        assert row["gpu_power_w"] == pytest.approx(2.0)
+        median_s = row["latency_ms_median"] / 1e3
+        assert row["energy_j_per_item"] == pytest.approx(2.0 * median_s / 2, rel=1e-9)
+        assert row["energy_j_per_item"] < 2.0 / 10 / 2 / 10  # the phase's own pace: 10x more

@@ -177,7 +177,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("gpu_throttle_end", "str", "", "CUDA: clock-event reasons after the group"),
     _C("gpu_other_processes", "int", "processes", "CUDA: other compute processes on the GPU before or after the group; > 0 marks the case as possibly disturbed"),
     _C("gpu_power_w", "float", "W", "CUDA: mean board power during the case's energy phase (energy / time)"),
-    _C("energy_j_per_item", "float", "J", "CUDA: GPU energy per item (per sample of a batch) over an energy phase of >= 1 s run after the timing"),
+    _C("energy_j_per_item", "float", "J", "CUDA: GPU energy per item (per sample of a batch): the mean power of an energy phase run after the timing (gpu_power_w) x the median call's device time (latency_ms_median) / items per call"),
     _C("energy_method", "str", "", "`counter` (nvmlDeviceGetTotalEnergyConsumption), `power_samples` (instantaneous power integrated every 10 ms, coarser) or `power_average` (the 1-s averaged power at the end of a steady phase one second longer, times its length); empty where NVML offers none"),
     _C("gpu_telemetry_note", "str", "", "CUDA: why NVML telemetry is missing or partial for this case (no NVML; NVML knows no device with this UUID; a MIG instance, which has no power or energy of its own); empty when complete"),
     _C("float32_matmul_precision", "str", "", "torch.get_float32_matmul_precision() the case ran under: `highest` (IEEE float32) or `high` (TF32 on CUDA; tf32 cases)"),

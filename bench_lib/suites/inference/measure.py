@@ -217,7 +217,8 @@ def measure_inference_group(
     items = instance.items_per_batch or batch_size
     for mode, samples in timed.samples.items():
         with mode_only[mode]():  # GPU energy per item, in a phase of its own after the timing
-            energy = energy_columns(device.energy(forward[mode], profile.energy_seconds), items)
+            reading = device.energy(forward[mode], profile.energy_seconds)
+            energy = energy_columns(reading, items, seconds_per_call=samples.stats().median / 1e3)
         results[mode] = CaseResult(
             cases[mode],
             samples=samples,
