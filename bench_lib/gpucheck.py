@@ -56,7 +56,7 @@ from bench_lib.measure.telemetry import run_for
 from bench_lib.measure.timing import gc_disabled
 from bench_lib.preflight import Finding, preflight
 from bench_lib.records.cases import KEY_FIELDS
-from bench_lib.records.schema import read_report, samples_path, write_text_atomic
+from bench_lib.records.schema import modules_path, read_modules, read_report, samples_path, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.05
@@ -377,11 +377,13 @@ def benchmark_cmd(results: Path, kind: str, plan: Plan, select: str) -> list[str
     return cmd + ([f"--bench-optimizers={plan.optimizers}"] if plan.optimizers else [])
 
 
-def write_reports(frame: pd.DataFrame, stem: Path, log: Log) -> None:
+def write_reports(frame: pd.DataFrame, stem: Path, log: Log, modules: pd.DataFrame | None = None) -> None:
+    """The HTML, Markdown and console reports of `frame` (with "Where the memory goes" from
+    `modules`, the by-module rows, as `report` shows it)."""
     from bench_lib.analysis import report
 
     try:
-        write_text_atomic(stem.with_suffix(".html"), report.render_html(frame))
+        write_text_atomic(stem.with_suffix(".html"), report.render_html(frame, modules))
     except ImportError as exc:  # matplotlib missing: the tables without the plots
         log(f"no plots ({exc}); writing the HTML tables only")
         tables = "".join(
@@ -389,7 +391,7 @@ def write_reports(frame: pd.DataFrame, stem: Path, log: Log) -> None:
         )
         write_text_atomic(stem.with_suffix(".html"), f"<!DOCTYPE html><html><body>{tables}</body></html>")
     try:
-        write_text_atomic(stem.with_suffix(".md"), report.render_markdown(frame))
+        write_text_atomic(stem.with_suffix(".md"), report.render_markdown(frame, modules))
     except ImportError as exc:  # tabulate missing
         log(f"no Markdown report ({exc})")
     write_text_atomic(stem.with_suffix(".txt"), report.render_console(frame) + "\n")
@@ -557,9 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run1 = runs["bench-1"]
         assert run1 is not None  # `first` was read from it
         shutil.copyfile(run1, stem.with_suffix(".csv"))
-        if samples_path(run1).is_file():
-            shutil.copyfile(samples_path(run1), samples_path(stem.with_suffix(".csv")))
-        guarded(log, lambda: write_reports(first, stem, log))
+        for companion in (samples_path, modules_path):  # raw samples; memory by module
+            if companion(run1).is_file():
+                shutil.copyfile(companion(run1), companion(stem.with_suffix(".csv")))
+        guarded(log, lambda: write_reports(first, stem, log, read_modules(stem.with_suffix(".csv"))))
         if second is not None:
             check.record("memory_identical", verdict(log, memory_identical, first, second))
         else:

@@ -429,7 +429,10 @@ def test_gpu_check_pipeline_runs_on_the_cpu_and_its_checks_pass(tmp_path):
         (out / "cpu.csv").is_file()
         and (out / "cpu.html").is_file()
         and (out / "steps" / "bench-1.log").is_file()
+        and (out / "cpu.modules.csv").is_file()
     )
+    assert "Where the memory goes" in (out / "cpu.html").read_text()  # from the by-module rows
+    assert "Where the memory goes" in (out / "cpu.md").read_text()
     from bench_lib.suites.finetune.lora import available
 
     # ruler, inference, finetune (the mlp at two batch sizes: 2 optimizers x 4 strategies, AdamW's
