@@ -81,6 +81,19 @@ def test_an_inference_table_with_no_measurable_difference_fits_a_laptop_screen(t
     assert [t for t in seen.wide_tables if t[0].startswith("inference")] == []
 
 
+def test_the_h200_example_report_fits_a_laptop_screen(tmp_path):
+    """The committed report of the first real GPU run: its GPU table (108 CUDA cases with ids as
+    long as finetune-transformer-cuda-b32-bfloat16-adamw-frozen_nograd, eleven columns) was
+    1162 px in its 1098 px box at 1366 px, clock-event reasons out of view; the ids now wrap."""
+    example = Path(__file__).parent.parent / "results" / "examples" / "nvidia-h200" / "nvidia-h200.csv"
+    out = tmp_path / "h200.html"
+    assert main(["report", str(example), "--format", "html", "--out", str(out)]) == 0
+    seen = browser.check(out, browser.SIZES["laptop"])
+    assert seen.console_errors == [] and seen.page_errors == [] and seen.broken_images == []
+    assert seen.wide_tables == []
+    assert "transformer on cuda (bfloat16)" in seen.findings
+
+
 def test_the_check_sees_a_table_wider_than_its_box(tmp_path):
     page = tmp_path / "wide.html"
     page.write_text(

@@ -48,6 +48,7 @@ th,td{padding:3px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 thead th{position:sticky;top:0;background:#eef1f5;text-align:right;font-weight:600;vertical-align:bottom}
 thead th.idx{text-align:left}
 tbody th{text-align:left;font-weight:500;white-space:nowrap}
+tbody th.wrap{white-space:normal;min-width:12em}
 tbody tr:nth-child(even){background:var(--band)}
 td.num{text-align:right;white-space:nowrap}
 td.txt{text-align:left}
@@ -92,6 +93,15 @@ def _cell(value: object, best: bool) -> str:
     return f'<td class="{" ".join(classes)}">{body}</td>'
 
 
+def _row_header(part: object) -> str:
+    """A row's header cell; a long case id ("finetune-transformer-cuda-b32-...") may wrap after
+    its hyphens, so that a wide table (the GPU section's) fits a laptop screen."""
+    text = str(part)
+    if len(text) <= 24 or " " in text:
+        return f"<th>{esc(text)}</th>"
+    return f'<th class="wrap">{esc(text).replace("-", "-<wbr>")}</th>'
+
+
 def table(view: pd.DataFrame, best: pd.DataFrame | None = None, index: bool = True) -> str:
     """A formatted view (strings) as a styled table: index levels as row headers, a value shown
     only where it changes (from the left), numbers right-aligned; `best` (booleans, same shape)
@@ -108,7 +118,7 @@ def table(view: pd.DataFrame, best: pd.DataFrame | None = None, index: bool = Tr
             changed = False
             for level, part in enumerate(key):
                 changed = changed or level >= len(previous) or previous[level] != part
-                cells += f"<th>{esc(part) if changed else ''}</th>"
+                cells += _row_header(part) if changed else "<th></th>"
             previous = key
         marks = best.iloc[i].tolist() if best is not None else [False] * len(values)
         cells += "".join(_cell(v, bool(b)) for v, b in zip(values, marks, strict=True))
