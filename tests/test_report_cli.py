@@ -301,7 +301,8 @@ def another_run(tmp_path):
 
 
 def test_the_row_checks_pass_every_committed_report():
-    for path in (*DATA.glob("small*.csv"), *Path("results/baseline").glob("*.csv")):
+    examples = Path("results/examples").rglob("*.csv")
+    for path in (*DATA.glob("small*.csv"), *Path("results/baseline").glob("*.csv"), *examples):
         if not path.name.endswith((".samples.csv", ".modules.csv")):
             assert not read_report(path).empty
 
@@ -444,3 +445,21 @@ def test_a_report_without_run_ids_is_one_line(tmp_path, capsys):
     read_report(SMALL).drop(columns="run_id").to_csv(tmp_path / "n.csv", index=False)
     assert main(["precision", str(tmp_path / "n.csv"), str(tmp_path / "n.csv")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'n.csv'}: missing required columns: run_id\n"
+
+
+def test_comparison_rows_name_the_dtype_where_a_models_cases_differ_in_it():
+    """The two H200 runs: every case in four dtypes; the comparison's plot labelled each model's
+    rows without the dtype ("finetune b32 adamw full" four times over)."""
+    from bench_lib.analysis.plots import case_names
+
+    example = Path("results/examples/nvidia-h200")
+    table = compare(
+        [read_report(example / "first-run" / "nvidia-h200.csv"), read_report(example / "nvidia-h200.csv")]
+    ).table
+    for model, group in table.groupby("model", sort=False):
+        names = case_names(group)
+        assert len(set(names)) == len(names) == len(group), model
+    mlp = case_names(table[table["model"] == "mlp"])
+    assert "inference b32 bfloat16 inference_mode" in mlp and "finetune b32 float16 adamw lora" in mlp
+    one_dtype = table[(table["model"] == "mlp") & (table["dtype"] == "float32")]
+    assert "inference b32 grad" in case_names(one_dtype)  # said only where it tells cases apart

@@ -277,6 +277,18 @@ def where_memory_goes(table: pd.DataFrame) -> dict[tuple[str, str], bytes]:
     return out
 
 
+def case_names(group: pd.DataFrame) -> list[str]:
+    """A row label per case of one model: suite, batch, then the device and dtype where the
+    model's cases differ in them (a GPU run has four dtypes of every case), then the variant."""
+    varying = [c for c in ("device", "dtype") if c in group and group[c].nunique() > 1]
+    parts = ["suite", "batch_size", *varying, "mode", "optimizer", "strategy", "compile"]
+    rows = group.reindex(columns=parts).astype("object").where(group.reindex(columns=parts).notna(), "")
+    return [
+        " ".join(f"b{v}" if c == "batch_size" else str(v) for c, v in zip(parts, row, strict=True) if v)
+        for row in rows.itertuples(index=False)
+    ]
+
+
 def machine_ratios(table: pd.DataFrame, labels: Sequence[str]) -> dict[tuple[str, str], bytes]:
     """For `compare`: per model, each later machine's median latency relative to the first's,
     one row per case; filled where the two intervals do not overlap, hollow where they do, a
@@ -292,10 +304,7 @@ def machine_ratios(table: pd.DataFrame, labels: Sequence[str]) -> dict[tuple[str
     out: dict[tuple[str, str], bytes] = {}
     with plt.rc_context(STYLE):
         for model, group in table.groupby("model", sort=False):
-            names = [
-                " ".join(str(p) for p in (s, f"b{b}", m, o, st, c) if p)
-                for s, b, m, o, st, c in zip(group["suite"], group["batch_size"], group["mode"], group["optimizer"], group["strategy"], group["compile"], strict=True)
-            ]  # fmt: skip
+            names = case_names(group)
             fig, ax = plt.subplots(figsize=(7.5, ROW_INCHES * len(names) + 1.6), layout="constrained")
             ax.axvline(1.0, color="#000000", linewidth=1, zorder=1.8)  # above the grid
             for j, (label, r) in enumerate(zip(labels[1:], ratios, strict=True)):
