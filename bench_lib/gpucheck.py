@@ -394,7 +394,7 @@ def write_reports(frame: pd.DataFrame, stem: Path, log: Log, modules: pd.DataFra
         write_text_atomic(stem.with_suffix(".md"), report.render_markdown(frame, modules))
     except ImportError as exc:  # tabulate missing
         log(f"no Markdown report ({exc})")
-    write_text_atomic(stem.with_suffix(".txt"), report.render_console(frame) + "\n")
+    write_text_atomic(stem.with_suffix(".txt"), report.render_console(frame, modules=modules) + "\n")
 
 
 def key_figures(frame: pd.DataFrame) -> str:
@@ -562,7 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for companion in (samples_path, modules_path):  # raw samples; memory by module
             if companion(run1).is_file():
                 shutil.copyfile(companion(run1), companion(stem.with_suffix(".csv")))
-        guarded(log, lambda: write_reports(first, stem, log, read_modules(stem.with_suffix(".csv"))))
+        modules = guarded(
+            log, lambda: read_modules(stem.with_suffix(".csv"))
+        )  # a bad one costs its section only
+        guarded(log, lambda: write_reports(first, stem, log, modules))
         if second is not None:
             check.record("memory_identical", verdict(log, memory_identical, first, second))
         else:

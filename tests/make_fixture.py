@@ -75,7 +75,7 @@ CUDA = RUN | {"suite": "inference", "model": "mlp", "device": "cuda", "mode": "n
     "gpu_sm_clock_mhz_start": 1980, "gpu_sm_clock_mhz_end": 1755, "gpu_mem_clock_mhz": 2619,
     "gpu_temperature_c_start": 38, "gpu_temperature_c_end": 52, "gpu_throttle_start": "gpu_idle",
     "gpu_throttle_end": "sw_power_cap", "gpu_other_processes": 1, "gpu_power_w": 310.5,
-    "energy_j_per_item": 0.00042, "energy_method": "counter",
+    "energy_j_per_item": 310.5 / (32 / 0.05e-3), "energy_method": "counter",  # power / throughput
 }  # fmt: skip
 
 # Intervals (schema 5): the mlp ran in 3 worker processes, so its figures have 95% intervals;

@@ -433,6 +433,7 @@ def test_gpu_check_pipeline_runs_on_the_cpu_and_its_checks_pass(tmp_path):
     )
     assert "Where the memory goes" in (out / "cpu.html").read_text()  # from the by-module rows
     assert "Where the memory goes" in (out / "cpu.md").read_text()
+    assert "Where the memory goes" in (out / "cpu.txt").read_text()
     from bench_lib.suites.finetune.lora import available
 
     # ruler, inference, finetune (the mlp at two batch sizes: 2 optimizers x 4 strategies, AdamW's
@@ -655,12 +656,13 @@ def test_each_timed_forward_runs_in_an_autocast_region_of_its_own(monkeypatch):
 
 
 class SlowEnergyPhaseCpu(CpuDevice):
-    """A CPU device with an energy phase of 2 J over 1 s and 10 calls (100 ms a call, far slower
-    than the timed rounds): the energy per item must follow the rounds' pace, not the phase's."""
+    """A CPU device with an energy phase of 200 J over 100 s and 10 calls (10 s a call, far
+    slower than the timed rounds): the energy per item must follow the rounds' pace, not the
+    phase's."""
 
     def energy(self, fn, min_seconds):  # type: ignore[no-untyped-def]
         fn()
-        return telemetry.EnergyReading(joules=2.0, seconds=1.0, calls=10, method="counter")
+        return telemetry.EnergyReading(joules=200.0, seconds=100.0, calls=10, method="counter")
 
 
 @pytest.mark.parametrize("suite", ["inference", "finetune"])
@@ -680,4 +682,31 @@ def test_energy_per_item_is_the_phases_power_at_the_timed_median_call(suite):
         assert row["gpu_power_w"] == pytest.approx(2.0)
         median_s = row["latency_ms_median"] / 1e3
         assert row["energy_j_per_item"] == pytest.approx(2.0 * median_s / 2, rel=1e-9)
-        assert row["energy_j_per_item"] < 2.0 / 10 / 2 / 10  # the phase's own pace: 10x more
+        assert row["energy_j_per_item"] < 200.0 / 10 / 2 / 10  # the phase's own pace: 20 J a call
+
+
+def test_a_broken_by_module_file_costs_the_gpu_check_its_section_not_its_reports(tmp_path, monkeypatch):
+    """The benchmark steps (faked: they write a fixture report with a by-module file that is not
+    one) are followed by the reports: all three are written, without "Where the memory goes"."""
+    from pathlib import Path
+
+    from bench_lib import gpucheck
+    from bench_lib.records.schema import modules_path
+
+    small = (Path(__file__).parent / "data" / "small.csv").read_text()
+
+    def step(self, name, cmd):
+        if name.startswith("bench-"):
+            folder = Path(next(a for a in cmd if a.startswith("--bench-results-dir=")).split("=", 1)[1])
+            folder.mkdir(parents=True)
+            (folder / "latest.csv").write_text(small)
+            modules_path(folder / "latest.csv").write_text("not,a,modules,file\n1,2,3,4\n")
+        self.results.setdefault("steps", {})[name] = {"exit_code": 0, "seconds": 0.1, "last_line": ""}
+        return self.results["steps"][name]
+
+    monkeypatch.setattr(gpucheck.Check, "step", step)
+    gpucheck.main(["--out", str(tmp_path), "--device", "cpu"])
+    assert "cpu.modules.csv" in (tmp_path / "gpucheck.log").read_text()  # the error, named
+    for ext in ("html", "md", "txt"):
+        text = (tmp_path / f"cpu.{ext}").read_text()
+        assert "Findings" in text and "Where the memory goes" not in text, ext

@@ -163,6 +163,26 @@ def test_version_2_reports_are_migrated():
     assert list(frame.columns) == list(COLUMN_NAMES)
 
 
+def test_version_6_energy_is_read_at_the_timed_rounds_pace():
+    """The H200 example (version 6) holds the energy phase's energy / calls; version 7 reads it
+    as the row's power / throughput, as new rows are written (`CaseResult.row`)."""
+    import pandas as pd
+
+    path = Path(__file__).parent.parent / "results" / "examples" / "nvidia-h200" / "nvidia-h200.csv"
+    raw = pd.read_csv(path)
+    assert (raw["schema_version"] == 6).all()
+    frame = read_report(path)
+    cuda = frame["gpu_power_w"].notna()
+    assert cuda.sum() == 108 and (frame["schema_version"] == SCHEMA_VERSION).all()
+    expected = frame["gpu_power_w"] / frame["throughput_items_per_s"]
+    assert (frame.loc[cuda, "energy_j_per_item"] - expected[cuda]).abs().max() < 1e-15
+    moved = (frame["energy_j_per_item"] / raw["energy_j_per_item"] - 1).abs()
+    assert moved.max() > 0.2  # the phase's own pace was far off the rounds' in some cases
+    small = read_report(Path(__file__).parent / "data" / "small.csv")
+    no_power = small["gpu_power_w"].isna()
+    assert no_power.sum() == 10 and small.loc[no_power, "energy_j_per_item"].isna().all()  # nothing made up
+
+
 def test_a_result_that_did_not_succeed_must_say_why():
     case = Case("finetune", "mlp", "cpu", "", 2, strategy="full", optimizer="sgd")
     with pytest.raises(ValueError, match="needs an error message"):

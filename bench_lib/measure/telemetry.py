@@ -401,24 +401,15 @@ def measure_energy(
     return None if watts is None else EnergyReading(watts * seconds, seconds, calls, "power_average")
 
 
-def energy_columns(
-    reading: EnergyReading | None, items_per_call: int, seconds_per_call: float | None = None
-) -> dict[str, Any]:
+def energy_columns(reading: EnergyReading | None, items_per_call: int) -> dict[str, Any]:
     """`energy_j_per_item`, `gpu_power_w` and `energy_method` of a reading (empty without one).
 
-    With `seconds_per_call` (the timed rounds' median call, device time), the energy per item is
-    the phase's mean power x that call's length / items: the power is steady, but the phase's
-    own pace is one unrepeated stretch of calls that the host slows at random (on an H200, the
-    transformer's float16 no_grad calls took 2.03 ms in a phase where the rounds' median was
-    1.32 ms; energy / calls moved up to 87% between two runs, the power up to 17%). Without it,
-    the phase's energy / (calls x items).
-    """
+    `energy_j_per_item` here is the phase's own energy / (calls x items); a case's row replaces
+    it with its power at the timed rounds' pace (`CaseResult.row`)."""
     if reading is None or reading.calls < 1 or reading.seconds <= 0:
         return {}
-    watts = reading.joules / reading.seconds
-    per_call = reading.joules / reading.calls if seconds_per_call is None else watts * seconds_per_call
     return {
-        "energy_j_per_item": per_call / items_per_call,
-        "gpu_power_w": watts,
+        "energy_j_per_item": reading.joules / (reading.calls * items_per_call),
+        "gpu_power_w": reading.joules / reading.seconds,
         "energy_method": reading.method,
     }

@@ -21,6 +21,9 @@ Format history (bump `SCHEMA_VERSION` and add a migration in `_MIGRATIONS` when 
      (`lora_rank`, `lora_targets`); `strategy` now takes `lora` and `checkpoint`.
   6: adds `ci_run_sd`, the spread between runs the ratio intervals were widened by (a setting:
      `bench_lib precision` can only tell a run's own processes from it when the report says it).
+  7: `energy_j_per_item` is `gpu_power_w` / `throughput_items_per_s` (the energy phase's power at
+     the timed rounds' pace) rather than the phase's energy / (calls x items); older rows are
+     read so, from their own two columns.
 
 A report is a CSV with one row per case, plus a companion `<stem>.samples.csv` holding the raw
 per-round latency samples of every case (long format), so statistics can be recomputed and the
@@ -47,7 +50,7 @@ from bench_lib.errors import UserError
 from bench_lib.records.cases import KEY_FIELDS
 from bench_lib.records.results import STATUSES
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ COLUMNS: tuple[Column, ...] = (
     _C("gpu_throttle_end", "str", "", "CUDA: clock-event reasons after the group"),
     _C("gpu_other_processes", "int", "processes", "CUDA: other compute processes on the GPU before or after the group; > 0 marks the case as possibly disturbed"),
     _C("gpu_power_w", "float", "W", "CUDA: mean board power during the case's energy phase (energy / time)"),
-    _C("energy_j_per_item", "float", "J", "CUDA: GPU energy per item (per sample of a batch): the mean power of an energy phase run after the timing (gpu_power_w) x the median call's device time (latency_ms_median) / items per call"),
+    _C("energy_j_per_item", "float", "J", "CUDA: GPU energy per item (per sample of a batch) at the timed rounds' pace: gpu_power_w / throughput_items_per_s, i.e. the mean power of an energy phase run after the timing x the median call (latency_ms_median) / items per call (before schema 7: the phase's energy / (calls x items))"),
     _C("energy_method", "str", "", "`counter` (nvmlDeviceGetTotalEnergyConsumption), `power_samples` (instantaneous power integrated every 10 ms, coarser) or `power_average` (the 1-s averaged power at the end of a steady phase one second longer, times its length); empty where NVML offers none"),
     _C("gpu_telemetry_note", "str", "", "CUDA: why NVML telemetry is missing or partial for this case (no NVML; NVML knows no device with this UUID; a MIG instance, which has no power or energy of its own); empty when complete"),
     _C("float32_matmul_precision", "str", "", "torch.get_float32_matmul_precision() the case ran under: `highest` (IEEE float32) or `high` (TF32 on CUDA; tf32 cases)"),
@@ -309,7 +312,28 @@ def _v5_to_v6(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{"ci_run_sd": pd.NA} if "ci_run_sd" not in frame else {}, schema_version="6")
 
 
-_MIGRATIONS: dict[int, Any] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
+def _v6_to_v7(frame: pd.DataFrame) -> pd.DataFrame:
+    """Energy per item at the timed rounds' pace, from the row's power and throughput (see
+    `records.results.energy_per_item`); rows without both keep what they had (nothing)."""
+    import pandas as pd
+
+    if not {"gpu_power_w", "throughput_items_per_s", "energy_j_per_item"} <= set(frame.columns):
+        return frame.assign(schema_version="7")
+    power = pd.to_numeric(frame["gpu_power_w"], errors="coerce")
+    throughput = pd.to_numeric(frame["throughput_items_per_s"], errors="coerce")
+    both = power.notna() & throughput.gt(0)
+    energy = pd.to_numeric(frame["energy_j_per_item"], errors="coerce").where(~both, power / throughput)
+    return frame.assign(energy_j_per_item=energy, schema_version="7")
+
+
+_MIGRATIONS: dict[int, Any] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+    5: _v5_to_v6,
+    6: _v6_to_v7,
+}
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -815,8 +815,7 @@ def measure_finetune_group(
         if problem is not None:
             results[variant] = CaseResult(cases[variant], FAILED, problem, metrics=metrics[variant])
             continue
-        reading = device.energy(step, profile.energy_seconds)
-        energy = energy_columns(reading, items, seconds_per_call=samples.stats().median / 1e3)
+        energy = energy_columns(device.energy(step, profile.energy_seconds), items)
         results[variant] = CaseResult(
             cases[variant],
             samples=samples,

@@ -217,8 +217,7 @@ def measure_inference_group(
     items = instance.items_per_batch or batch_size
     for mode, samples in timed.samples.items():
         with mode_only[mode]():  # GPU energy per item, in a phase of its own after the timing
-            reading = device.energy(forward[mode], profile.energy_seconds)
-            energy = energy_columns(reading, items, seconds_per_call=samples.stats().median / 1e3)
+            energy = energy_columns(device.energy(forward[mode], profile.energy_seconds), items)
         results[mode] = CaseResult(
             cases[mode],
             samples=samples,
