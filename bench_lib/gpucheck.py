@@ -562,9 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for companion in (samples_path, modules_path):  # raw samples; memory by module
             if companion(run1).is_file():
                 shutil.copyfile(companion(run1), companion(stem.with_suffix(".csv")))
-        modules = guarded(
-            log, lambda: read_modules(stem.with_suffix(".csv"))
-        )  # a bad one costs its section only
+        # memory by module: a bad file costs its section only, not the reports
+        modules = guarded(log, lambda: read_modules(stem.with_suffix(".csv")))
         guarded(log, lambda: write_reports(first, stem, log, modules))
         if second is not None:
             check.record("memory_identical", verdict(log, memory_identical, first, second))
