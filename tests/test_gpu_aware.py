@@ -710,3 +710,42 @@ def test_a_broken_by_module_file_costs_the_gpu_check_its_section_not_its_reports
     for ext in ("html", "md", "txt"):
         text = (tmp_path / f"cpu.{ext}").read_text()
         assert "Findings" in text and "Where the memory goes" not in text, ext
+
+
+@pytest.mark.skipif(unsupported_reason("cpu", "bfloat16") is not None, reason="no CPU bf16 autocast here")
+def test_every_timed_grad_and_no_grad_forward_casts_its_weights_afresh():
+    """The property behind one autocast region per call: autocast's cache of cast weights does
+    not carry from one timed call to the next (it did within a round, for grad and no_grad only:
+    torch keeps no cache under inference_mode). The MLP casts 9 tensors to bf16 per forward (its
+    input, 4 weights, 4 biases); counted at the dispatcher, where inference_mode's casts are not
+    seen, so the inference_mode forwards are left out."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Casts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16:
+                Casts.n += 1
+            return func(*args, **kwargs)
+
+    marks: list[tuple[int, bool]] = []
+
+    def build() -> torch.nn.Module:
+        model = ZOO["mlp"].build()
+        model.register_forward_pre_hook(lambda *_: marks.append((Casts.n, torch.is_inference_mode_enabled())))
+        return model
+
+    spec = dataclasses.replace(ZOO["mlp"], build=build)
+    profile = Profile("t", (2,), rounds=3, warmup_rounds=1, iterations=4, energy_seconds=0.0)
+    with Casts():
+        results = measure_inference_group(
+            spec, CpuDevice(), 2, profile, ["grad", "no_grad"], dtype="bfloat16"
+        )
+    assert all(r.ok for r in results.values()), {k: r.error for k, r in results.items()}
+    marks.append((Casts.n, False))
+    casts = Counter(marks[i + 1][0] - marks[i][0] for i in range(len(marks) - 1) if not marks[i][1])
+    assert set(casts) == {9} and casts[9] >= 2 * (3 + 1) * 4, casts  # the timed rounds, then probes
