@@ -282,7 +282,7 @@ def case_names(group: pd.DataFrame) -> list[str]:
     model's cases differ in them (a GPU run has four dtypes of every case), then the variant."""
     varying = [c for c in ("device", "dtype") if c in group and group[c].nunique() > 1]
     parts = ["suite", "batch_size", *varying, "mode", "optimizer", "strategy", "compile"]
-    rows = group.reindex(columns=parts).astype("object").where(group.reindex(columns=parts).notna(), "")
+    rows = group.reindex(columns=parts).astype("object").fillna("")
     return [
         " ".join(f"b{v}" if c == "batch_size" else str(v) for c, v in zip(parts, row, strict=True) if v)
         for row in rows.itertuples(index=False)
