@@ -106,9 +106,9 @@ OPTIONS: tuple[Option, ...] = (
         "ci-run-sd",
         "",
         "the spread of a ratio between runs beyond a run's own processes (standard deviation of its "
-        "log, e.g. 0.012 = 1.2 percent), added to every ratio interval; `bench_lib precision` estimates "
-        "it from repeat runs (0: the run's own processes only; default: the profile's, or "
-        "[tool.bench_lib] ci_run_sd)",
+        "log, e.g. 0.012 = 1.2 percent), added to every ratio interval: one number for every suite, or "
+        "per suite (inference=0.008,finetune=0.012); `bench_lib precision` estimates it from repeat runs "
+        "(0: the run's own processes only; default: the profile's, or [tool.bench_lib] ci_run_sd)",
         "--ci-run-sd",
     ),
     Option("threads", "1", "torch intra-op threads, or 'default' for torch's own choice", "--threads"),

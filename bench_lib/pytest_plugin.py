@@ -179,7 +179,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     tr.write_line(render_summary(frame))
     tr.write_line("")
     profile = bench.config.profile
-    if line := run_line(frame, profile.ci_target, profile.ci_run_sd):
+    if line := run_line(frame, profile.ci_target):
         tr.write_line(line)
     tr.write_line(f"report: {bench.writer.path} (copied to {bench.writer.results_dir / 'latest.csv'})")
     if HISTORY_KEY in config.stash:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -162,7 +163,7 @@ def _with_effort(
     given = {k: v.strip() for k, v in (("max_processes", max_processes), ("ci_target", ci_target),
              ("group_budget_s", group_budget), ("ci_run_sd", ci_run_sd)) if v is not None and v.strip()}  # fmt: skip
     keys = ("max_processes", "ci_target", "group_budget_s", "ci_run_sd")
-    configured = {k: str(table[k]) for k in keys if k in table}
+    configured = {k: _setting_text(table[k]) for k in keys if k in table}
     fixed = processes is not None and processes.strip() != "" and "max_processes" not in given
     if fixed:  # --bench-processes alone: exactly that many, whatever pyproject.toml says
         configured.pop("max_processes", None)
@@ -178,8 +179,9 @@ def _with_effort(
         profile = replace(profile, max_processes=maximum)
     if "ci_target" in values:
         profile = replace(profile, ci_target=_parse_number(values["ci_target"], "ci_target"))
-    if "ci_run_sd" in values:
-        profile = replace(profile, ci_run_sd=_parse_number(values["ci_run_sd"], "ci_run_sd", allow_zero=True))
+    for source in (configured, given):  # per suite, the option's pairs go on top of pyproject's
+        if "ci_run_sd" in source:
+            profile = with_run_sd(profile, source["ci_run_sd"])
     if "group_budget_s" in values:
         profile = replace(
             profile, group_budget_s=_parse_number(values["group_budget_s"], "group budget", allow_zero=True)
@@ -187,6 +189,35 @@ def _with_effort(
     if profile.max_processes and profile.max_processes < profile.processes:
         raise UserError(f"max_processes ({profile.max_processes}) is below processes ({profile.processes})")
     return profile
+
+
+def _setting_text(value: Any) -> str:
+    """A `[tool.bench_lib]` value as its option would spell it (an inline table such as
+    `{inference = 0.008}` as `inference=0.008`)."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def with_run_sd(profile: Profile, text: str) -> Profile:
+    """`profile` with the spread between runs its ratio intervals are widened by: one number for
+    every suite (`0.012`), or per suite (`inference=0.008,finetune=0.012`; a suite not named
+    keeps the profile's). `UserError` on anything else."""
+    if "=" not in text:
+        return replace(
+            profile, ci_run_sd=_parse_number(text, "ci_run_sd", allow_zero=True), ci_run_sd_suites=()
+        )
+    known = [s.name for s in SUITES.values() if s.ratio_column is not None]
+    given: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        suite, _, number = (x.strip() for x in part.partition("="))
+        if suite not in known:
+            raise UserError(
+                f"ci_run_sd: unknown suite {suite!r} in {text!r} (known: {', '.join(known)}; "
+                "or one number for every suite)"
+            )
+        given[suite] = _parse_number(number, f"ci_run_sd for {suite}", allow_zero=True)
+    return replace(profile, ci_run_sd_suites=tuple((dict(profile.ci_run_sd_suites) | given).items()))
 
 
 def _parse_number(text: str, what: str, allow_zero: bool = False) -> float:
@@ -398,11 +429,11 @@ class BenchSession:
                 effort = {  # on every row of the group
                     "stop_reason": stop_reason,
                     "processes": processes,
-                    "ci_run_sd": self.config.profile.ci_run_sd,
+                    "ci_run_sd": self.config.profile.run_sd(group.suite),
                 }
                 self._groups[group] = {
                     c: replace(r, metrics={**r.metrics, **effort})
-                    for c, r in suite.add_ratios(by_case, self.config.profile.ci_run_sd).items()
+                    for c, r in suite.add_ratios(by_case, self.config.profile.run_sd(group.suite)).items()
                 }
         result = self._groups[group][case]
         self.writer.add(result)  # two tests may ask for one case: it stays one row of the report

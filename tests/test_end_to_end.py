@@ -220,6 +220,43 @@ def test_run_into_a_closed_pipe_keeps_what_it_measured(tmp_path):
     assert len(kept) >= 1 and set(kept["status"]) == {"ok"}
 
 
+def test_each_suite_is_widened_by_its_own_spread_between_runs(tmp_path):
+    """`--ci-run-sd inference=...,finetune=...`: each suite's rows say their own value and their
+    ratio intervals are at least that wide; a misspelt suite is one line and exit 2."""
+    out = tmp_path / "r.csv"
+
+    def run(setting):
+        return subprocess.run(
+            [sys.executable, "-m", "bench_lib", "run", "--profile", "tiny", "--model", "mlp", "--devices", "cpu",
+             "--suites", "inference,finetune", "--optimizers", "sgd", "--processes", "2",
+             "--ci-run-sd", setting, "--out", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    proc = run("inference=0.02,finetune=0.03")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = read_report(out)
+    for suite, sd, figure in (
+        ("inference", 0.02, "latency_ratio_to_grad"),
+        ("finetune", 0.03, "latency_ratio_to_full"),
+    ):
+        rows = report[report["suite"] == suite]
+        assert len(rows) and (rows["ci_run_sd"] == sd).all(), suite
+        ratios = rows[rows[f"{figure}_ci_high"] > rows[f"{figure}_ci_low"]]
+        assert len(ratios), suite
+        assert (np.log(ratios[f"{figure}_ci_high"] / ratios[figure]) >= 1.959964 * sd - 1e-9).all(), suite
+    bad = run("inferense=0.02")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "ci_run_sd: unknown suite 'inferense' in 'inferense=0.02' (known: inference, finetune; or one number "
+            "for every suite)"
+        )
+    ), bad.stderr
+
+
 def test_the_report_says_what_its_ratio_intervals_were_widened_by(tmp_path):
     """`ci_run_sd` on every row: what `precision` takes out to find what the processes measured."""
     out = tmp_path / "r.csv"

@@ -70,12 +70,44 @@ def test_effort_comes_from_options_then_pyproject_then_the_profile(tmp_path):
     toml.write_text("[tool.bench_lib]\nmax_processes = 3\n")  # below the full profile's 5
     assert _with_effort(PROFILES["full"], None, None, None, None, toml).max_processes == 5
     # the spread between runs added to ratio intervals: option, then pyproject, then the profile
-    assert default.ci_run_sd == 0.012
+    assert (default.run_sd("inference"), default.run_sd("finetune")) == (0.008, 0.012)
     toml.write_text("[tool.bench_lib]\nci_run_sd = 0.02\n")
     assert _with_effort(default, None, None, None, None, toml).ci_run_sd == 0.02
+    # one number is every suite's, the profile's inference value included
+    assert _with_effort(default, None, None, None, None, toml).run_sd("inference") == 0.02
     assert _with_effort(default, None, None, None, None, toml, ci_run_sd="0").ci_run_sd == 0.0
     with pytest.raises(UserError, match="ci_run_sd must be a number >= 0"):
         _with_effort(default, None, None, None, None, toml, ci_run_sd="-0.01")
+
+
+def test_the_spread_between_runs_can_be_set_per_suite(tmp_path):
+    """`suite=value` pairs (option or environment) or an inline table in pyproject.toml set the
+    named suites; a suite not named keeps the profile's; a typo in a suite's name or a bad
+    number is one clear error."""
+    from bench_lib.records.cases import PROFILES
+    from bench_lib.session import _with_effort
+
+    default = PROFILES["default"]
+    pair = _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="finetune=0.02")
+    assert (pair.run_sd("inference"), pair.run_sd("finetune")) == (0.008, 0.02)
+    both = _with_effort(
+        default, None, None, None, None, tmp_path / "none", ci_run_sd=" inference=0 , finetune=0.03"
+    )
+    assert (both.run_sd("inference"), both.run_sd("finetune")) == (0.0, 0.03)
+    toml = tmp_path / "pyproject.toml"
+    toml.write_text("[tool.bench_lib]\nci_run_sd = {inference = 0.005, finetune = 0.01}\n")
+    table = _with_effort(default, None, None, None, None, toml)
+    assert (table.run_sd("inference"), table.run_sd("finetune")) == (0.005, 0.01)
+    over = _with_effort(default, None, None, None, None, toml, ci_run_sd="inference=0.004")  # on top
+    assert (over.run_sd("inference"), over.run_sd("finetune")) == (0.004, 0.01)
+    with pytest.raises(
+        UserError, match=r"ci_run_sd: unknown suite 'inferense' in 'inferense=0.01' \(known: "
+    ):
+        _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="inferense=0.01")
+    with pytest.raises(UserError, match="unknown suite 'ruler'"):  # no ratio to widen
+        _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="ruler=0.01")
+    with pytest.raises(UserError, match="ci_run_sd for finetune must be a number >= 0, got 'x'"):
+        _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="finetune=x")
 
 
 @pytest.mark.parametrize(

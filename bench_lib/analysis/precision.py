@@ -233,8 +233,11 @@ def spread_beyond_intervals(frames: Sequence[pd.DataFrame], figure: str) -> floa
 
 def ratio_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Every ratio with an interval in one run (`figure_rows` of both ratio figures), with its
-    relative half-width in `relative`."""
-    rows = pd.concat([figure_rows(frame, f) for f in RATIOS], ignore_index=True)
+    relative half-width in `relative`, its figure in `figure` and the `ci_run_sd` it was widened
+    by (NaN where the report does not say)."""
+    rows = pd.concat(
+        [figure_rows(frame, f, extra=("ci_run_sd",)).assign(figure=f) for f in RATIOS], ignore_index=True
+    )
     rows["relative"] = (rows["high"] - rows["low"]) / 2 / rows["value"].abs()
     return rows
 
@@ -260,23 +263,37 @@ def own_log_half_width(value: Any, high: Any, run_sd: Any) -> Any:
     return np.sqrt(np.maximum(h * h - (Z_CONFIDENCE * run_sd) ** 2, 0.0))
 
 
-def run_line(frame: pd.DataFrame, ci_target: float, run_sd: float) -> str:
+def run_line(frame: pd.DataFrame, ci_target: float, run_sd: float | None = None) -> str:
     """One line on a run's precision for the console: how wide its ratio intervals are, what of
-    that is the spread between runs, how many ratios met the target and why groups stopped.
-    "" when no ratio has an interval (one process per group)."""
+    that is the spread between runs (each row's `ci_run_sd`, or `run_sd` for every row when
+    given), how many ratios met the target and why groups stopped. "" when no ratio has an
+    interval (one process per group)."""
     rows = ratio_rows(frame)
     if rows.empty:
         return ""
+    if run_sd is not None:
+        rows["ci_run_sd"] = run_sd
+    rows["ci_run_sd"] = rows["ci_run_sd"].fillna(0.0)
     relative = rows["relative"]
-    own = [own_half_width(v, h, run_sd) for v, h in zip(rows["value"], rows["high"], strict=True)]
+    own = [
+        own_half_width(v, h, sd)
+        for v, h, sd in zip(rows["value"], rows["high"], rows["ci_run_sd"], strict=True)
+    ]
     met = sum(o <= ci_target * (1 + 1e-9) for o in own)
     text = f"precision: {len(rows)} ratios, 95% intervals +-{relative.min():.1%} to +-{relative.max():.1%}"
     text += f" (median +-{relative.median():.1%})"
-    if run_sd > 0:
-        text += (
-            f", each with +-{np.sinh(Z_CONFIDENCE * run_sd):.2%} for the spread between runs (ci_run_sd "
-            f"{run_sd:.2%}; `bench_lib precision` on repeat runs measures it)"
+    widened = rows[rows["ci_run_sd"] > 0].drop_duplicates(["figure", "ci_run_sd"])
+    measures = "`bench_lib precision` on repeat runs measures it)"
+    if widened["ci_run_sd"].nunique() == 1:
+        sd = float(widened["ci_run_sd"].iloc[0])
+        text += f", each with +-{np.sinh(Z_CONFIDENCE * sd):.2%} for the spread between runs (ci_run_sd {sd:.2%}; "
+        text += measures
+    elif len(widened):
+        each = " or ".join(
+            f"+-{np.sinh(Z_CONFIDENCE * sd):.2%} ({SUITE_OF[figure]}, ci_run_sd {sd:.2%})"
+            for figure, sd in zip(widened["figure"], widened["ci_run_sd"], strict=True)
         )
+        text += f", each with {each} for the spread between runs ({measures}"
     groups = frame[frame["status"].eq("ok")].drop_duplicates(
         ["suite", "model", "device", "batch_size", "dtype"]
     )
@@ -371,13 +388,14 @@ def render(frames: Sequence[pd.DataFrame], names: Sequence[str], precision: floa
 
 
 SUITE_OF = {"latency_ratio_to_grad": "inference", "latency_ratio_to_full": "fine-tuning"}
+SETTING_OF = {"latency_ratio_to_grad": "inference", "latency_ratio_to_full": "finetune"}  # suite names
 
 
 def advice(spreads: Sequence[Spread]) -> str:
     """Whether each ratio figure's `ci_run_sd` fits the spread its runs show (the setting inside
-    the spread's 95% interval), and what to set where it does not (one setting serves both
-    suites; rounded up to 0.1%): too narrow, the largest estimate; too wide, the largest upper
-    end of the intervals, not their estimates, so that narrower intervals stay honest."""
+    the spread's 95% interval), and what to set per suite where one does not (rounded up to
+    0.1%): too narrow, its estimate; too wide, the upper end of its interval, not the estimate,
+    so that narrower intervals stay honest; a suite that fits keeps its setting."""
     parts, verdicts = [], []
     for sp in spreads:
         widened = " / ".join(f"{u:.2%}" for u in sp.used)
@@ -389,21 +407,29 @@ def advice(spreads: Sequence[Spread]) -> str:
         }.get(verdict, verdict)
         parts.append(f"{SUITE_OF[sp.figure]} {sp.value:.2%} against {widened}: {said}")
     text = "ci_run_sd: " + "; ".join(parts) + ". "
-
-    def setting(value: float) -> str:
-        value = math.ceil(value * 1000 - 1e-9) / 1000
-        return f"set ci_run_sd = {value:.3f} in [tool.bench_lib] (or BENCH_CI_RUN_SD={value:.3f})"
-
-    check = ", then check it on new repeat runs (coverage should stay at 90% or more)"
-    if "too narrow" in verdicts:
-        largest = max(sp.value for sp in spreads)
-        return text + f"The intervals miss what happens between runs here: {setting(largest)}{check}."
-    if verdicts and all(v == "too wide" for v in verdicts):
-        upper = max(sp.high or 0.0 for sp in spreads)
-        return text + (
-            f"The intervals are wider than this machine needs: {setting(upper)} (the most these runs "
-            f"allow){check}."
-        )
-    if "fits" in verdicts and all(v in ("fits", "too wide") for v in verdicts):
+    if not verdicts or any(v in ("mixed", "unknown") for v in verdicts):
+        return text + "Measure at least three runs of one setting for a verdict."
+    if all(v == "fits" for v in verdicts):
         return text + "The setting fits this machine (within what these runs can tell)."
-    return text + "Measure at least three runs of one setting for a verdict."
+
+    def rounded(value: float) -> str:
+        return f"{math.ceil(value * 1000 - 1e-9) / 1000:.3f}"
+
+    chosen = {
+        SETTING_OF[sp.figure]: rounded(
+            sp.value if v == "too narrow" else (sp.high or 0.0) if v == "too wide" else sp.used[0]
+        )
+        for sp, v in zip(spreads, verdicts, strict=True)
+    }
+    table = ", ".join(f"{k} = {v}" for k, v in chosen.items())
+    env = ",".join(f"{k}={v}" for k, v in chosen.items())
+    why = (
+        "The intervals miss what happens between runs here"
+        if "too narrow" in verdicts
+        else "The intervals are wider than this machine needs"
+    )
+    wide = " (too wide: the most these runs allow)" if "too wide" in verdicts else ""
+    return text + (
+        f"{why}: set ci_run_sd = {{{table}}} in [tool.bench_lib] (or BENCH_CI_RUN_SD={env}){wide}, "
+        "then check it on new repeat runs (coverage should stay at 90% or more)."
+    )

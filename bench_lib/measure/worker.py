@@ -32,7 +32,12 @@ Request = Mapping[str, Any]
 def profile_of(request: Request) -> Profile:
     profile = request["profile"]
     return Profile(
-        **{**profile, "batch_sizes": tuple(profile["batch_sizes"]), "models": tuple(profile["models"])}
+        **{
+            **profile,
+            "batch_sizes": tuple(profile["batch_sizes"]),
+            "models": tuple(profile["models"]),
+            "ci_run_sd_suites": tuple((s, v) for s, v in profile.get("ci_run_sd_suites", ())),
+        }
     )
 
 

@@ -126,16 +126,23 @@ class Profile:
     ci_target: float = 0.01
     group_budget_s: float = 0.0
     # The spread of a ratio between runs minutes apart beyond the run's own processes (sd of its
-    # log), added to every ratio interval (`stats.with_run_spread`): 1.2% here, the largest that
-    # `bench_lib precision` estimated over three sets of five default runs on this project's
-    # 2-vCPU machine (0%, 0.45%, 1.14%), rounded up; it estimates yours from repeat runs
-    # (0: the run's own processes only)
+    # log), added to every ratio interval (`stats.with_run_spread`), per suite: `ci_run_sd` for
+    # every suite not named in `ci_run_sd_suites` ((suite, value) pairs). On this project's
+    # 2-vCPU machine `bench_lib precision` estimated inference 0.57% and 0.62%, fine-tuning 0.73%
+    # and 0.92% from two sets of five default runs (README "How precise are the figures"): 0.8%
+    # and 1.2% cover them with room. It estimates yours from repeat runs (0: the run's own
+    # processes only)
     ci_run_sd: float = 0.012
+    ci_run_sd_suites: tuple[tuple[str, float], ...] = ((INFERENCE, 0.008),)
     # After a group's first process, later ones time about this many seconds of rounds (never
     # fewer than `min_rounds`): see `measure.runner.with_rounds` (0: always the full rounds)
     process_timing_s: float = 0.0
     min_rounds: int = 5
     checkpoint_frozen: bool = False  # fine-tuning also runs frozen_<k>+checkpoint (one more variant)
+
+    def run_sd(self, suite: str) -> float:
+        """The `ci_run_sd` that `suite`'s ratio intervals are widened by."""
+        return dict(self.ci_run_sd_suites).get(suite, self.ci_run_sd)
 
 
 PROFILES: dict[str, Profile] = {
