@@ -239,6 +239,10 @@ def write(tmp_path, name, text):
             lambda t: ["history", "add", str(SMALL), "--db", f"{dangling(t)}/h.sqlite"],
             "{t}/gone: a link to {t}/nowhere/x, which does not exist",
         ),
+        (
+            lambda t: ["report", str(SMALL), "--format", "md", "--out", f"{dangling(t)}/x.md"],
+            "{t}/gone: a link to {t}/nowhere/x, which does not exist",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
@@ -269,6 +273,18 @@ def test_a_results_folder_that_is_a_link_to_nothing_is_named_so(tmp_path):
         check_writable(dangling(tmp_path))
     with pytest.raises(UserError, match="a file, not a folder"):
         check_writable(Path(write(tmp_path, "f", "")))
+
+
+def test_a_report_is_not_written_through_a_link_to_nothing(tmp_path):
+    """`report --out LINK/sub/x.md`, LINK a link to a folder that does not exist: refused as
+    `check_writable` refuses it for a run, and no folder made at the link's target."""
+    assert main(["report", str(SMALL), "--format", "md", "--out", f"{dangling(tmp_path)}/sub/x.md"]) == 2
+    assert not (tmp_path / "nowhere").exists()
+    folder = tmp_path / "real"
+    folder.mkdir()
+    (tmp_path / "alive").symlink_to(folder)  # a link to a folder that exists is followed
+    assert main(["report", str(SMALL), "--format", "md", "--out", f"{tmp_path}/alive/sub/x.md"]) == 0
+    assert (folder / "sub" / "x.md").read_text().startswith("# bench_lib report")
 
 
 def gzipped(tmp_path, text):

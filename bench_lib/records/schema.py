@@ -386,8 +386,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` atomically (a temporary file in the same folder, then a rename),
     with the permissions a plain `open` would give it (an existing file's own, else the
     umask's). A symbolic link is followed (its target is replaced, the link stays); a target
-    that is no regular file (`/dev/null`, a FIFO) is written to as it is. An `OSError` names
-    `path` as given, or its folder when the temporary file cannot be made there."""
+    that is no regular file (`/dev/null`, a FIFO) is written to as it is; missing folders are
+    made, but not through a link to nothing (`NotADirectoryError` naming it, as `check_writable`
+    refuses such a folder). An `OSError` names `path` as given, or its folder when the temporary
+    file cannot be made there."""
     given = path
     try:
         kind = os.stat(path).st_mode  # through links, as open() sees it
@@ -404,6 +406,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(given)) from exc
         return
+    for folder in Path(path).parents:  # as mkdir -p: no folder is made at a link to nothing
+        if folder.is_symlink() and not folder.exists():
+            raise NotADirectoryError(errno.ENOTDIR, not_a_folder(folder), str(folder))
     path = Path(os.path.realpath(path))  # a link's target is replaced, the link stays
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
