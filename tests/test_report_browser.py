@@ -132,3 +132,19 @@ def test_the_check_sees_a_broken_image_a_console_error_and_a_network_request(tmp
     assert "boom" in seen.console_errors
     assert any("network request refused: https://example.invalid/plot.png" in e for e in seen.console_errors)
     assert any("undefined_function" in e for e in seen.page_errors)
+
+
+def test_a_comparison_of_two_runs_fits_a_laptop_screen(tmp_path):
+    """The two committed H200 runs compared: with a column per report and per ratio for every
+    figure, its tables were 1252-1262 px in their 1098 px box at 1366 px. Memory figures both
+    runs measured to the byte now show once ("peak (A = B)"), and an interval may go under its
+    figure."""
+    examples = Path(__file__).parent.parent / "results" / "examples" / "nvidia-h200"
+    out = tmp_path / "h200-compare.html"
+    pair = [str(examples / "first-run" / "nvidia-h200.csv"), str(examples / "nvidia-h200.csv")]
+    assert main(["compare", *pair, "--format", "html", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "peak (A\u00a0=\u00a0B)" in page and '<table class="wrap-ci">' in page
+    seen = browser.check(out, browser.SIZES["laptop"])
+    assert seen.console_errors == [] and seen.page_errors == []
+    assert seen.wide_tables == []

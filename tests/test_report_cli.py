@@ -64,10 +64,15 @@ def test_html_report_has_findings_first_every_section_and_embedded_plots(tmp_pat
     assert page.count('src="data:image/png;base64,') == 2 + 1 + 1
     assert "http" not in page and "<script" not in page  # self-contained and offline
     # the interval rule in the tables: no_grad's interval contains 1.0, inference_mode's does not
-    assert '0.980 ±0.030<span class="tag">no measurable difference</span>' in page
-    assert "0.960 ±0.020</td>" in page
+    est = '<span class="v">{}</span> <span class="ci">{}</span>'  # the interval may go under its figure
+    assert est.format("0.980", "±0.030") + '<span class="tag">no measurable difference</span>' in page
+    assert est.format("0.960", "±0.020") + "</td>" in page
     # the best fine-tuning cells (shortest step, smallest total) are marked
-    assert '<td class="num best">0.950 ±0.010</td>' in page and '<td class="num best">2.65</td>' in page
+    assert '<td class="num best est">' + est.format("0.950", "±0.010") + "</td>" in page
+    assert '<td class="num best">2.65</td>' in page
+    assert (
+        '<table class="wrap-ci">' not in page
+    )  # a report's figures stay on one line (a comparison's may wrap)
     assert "<th>grad peak (MiB)</th>" in page  # units in the headers
 
 
@@ -479,3 +484,25 @@ def test_comparison_rows_name_the_dtype_where_a_models_cases_differ_in_it():
     assert "inference b32 bfloat16 inference_mode" in mlp and "finetune b32 float16 adamw lora" in mlp
     one_dtype = table[(table["model"] == "mlp") & (table["dtype"] == "float32")]
     assert "inference b32 grad" in case_names(one_dtype)  # said only where it tells cases apart
+
+
+def test_a_memory_figure_is_shown_once_only_where_every_report_measured_it_to_the_byte(tmp_path):
+    """`compare --format html`: peak bytes equal in both reports become one `peak (A = B)`
+    column without its B/A; one byte apart in one row (the same "2.5 MiB" on screen) keeps
+    A, B and B/A, as does a figure only one report has."""
+    from bench_lib.analysis.compare import compare, letters, same_memory_once, view
+
+    a = read_report(SMALL)
+    b = a.copy()
+    first = compare([a, b], names=["a", "b"])
+    rows = view(first)
+    merged = same_memory_once(rows, first)
+    assert "peak (A\u00a0=\u00a0B)" in merged and "peak A" not in merged and "peak B/A" not in merged
+    assert list(merged["peak (A\u00a0=\u00a0B)"]) == list(rows["peak A"])
+    assert letters(first) == ["A", "B"]
+    ok = b["mem_peak_bytes"].notna()
+    b.loc[b.index[ok][0], "mem_peak_bytes"] += 1
+    apart = compare([a, b], names=["a", "b"])
+    kept = same_memory_once(view(apart), apart)
+    assert {"peak A", "peak B", "peak B/A"} <= set(kept.columns)
+    assert "activations (A\u00a0=\u00a0B)" in kept  # the others still merge

@@ -126,3 +126,43 @@ def test_bad_effort_settings_are_one_line_errors(tmp_path, args, message):
 
     with pytest.raises(UserError, match=message):
         _with_effort(PROFILES["default"], *args, tmp_path / "none.toml")
+
+
+def test_each_suites_ratio_intervals_are_widened_by_that_suites_value(tmp_path, monkeypatch):
+    """Every process measures the same ratio (0.9 to grad, 0.5 to full), so the processes' own
+    interval has no width and the reported log half-width is exactly 1.96 x the suite's
+    ci_run_sd: 0.02 for inference, 0.03 for fine-tuning (as a whole run's rows record them)."""
+    import numpy as np
+
+    from bench_lib import session as session_module
+    from bench_lib.measure.runner import pool
+    from bench_lib.records.results import CaseResult
+    from bench_lib.records.stats import Samples
+
+    def reference(case):
+        return case.mode == "grad" or case.strategy == "full"
+
+    def fake_run_group(request, cases, effort, start_method, assess=None):
+        def part(scale):
+            return {
+                v: CaseResult(c, samples=Samples(iterations=1, host_ms=(scale * (1.0 if reference(c) else 0.9 if c.suite == "inference" else 0.5),) * 5), items_per_batch=1)
+                for v, c in cases.items()
+            }  # fmt: skip
+
+        return pool([part(1.0), part(1.3)]), "fixed", 2
+
+    monkeypatch.setattr(session_module, "run_group", fake_run_group)
+    config = RunConfig.parse(
+        "tiny", models="mlp", devices="cpu", results_dir=tmp_path, ci_run_sd="inference=0.02,finetune=0.03"
+    )
+    bench = session_module.BenchSession(config)
+    for suite, figure, sd in (
+        ("inference", "latency_ratio_to_grad", 0.02),
+        ("finetune", "latency_ratio_to_full", 0.03),
+    ):
+        case = next(c for c in config.cases_of(suite) if not reference(c))
+        metrics = bench.result(case).metrics
+        assert metrics["ci_run_sd"] == sd
+        value, high = metrics[figure], metrics[f"{figure}_ci_high"]
+        assert value == pytest.approx(0.9 if suite == "inference" else 0.5)
+        assert np.log(high / value) == pytest.approx(1.959964 * sd, rel=1e-5), suite

@@ -265,6 +265,32 @@ def legend(comparison: Comparison) -> list[str]:
     ]
 
 
+NBSP = "\u00a0"  # "(A = B)" stays on one line in a header
+
+
+def same_memory_once(rows: pd.DataFrame, comparison: Comparison) -> pd.DataFrame:
+    """`rows` of `view(comparison)` with each memory figure that every report measured the same,
+    to the byte, in every row shown once, as `<figure> (A = B)`, its `B/A` columns (all 1.000)
+    left out: byte counts are deterministic, so reports usually agree, and a table of a column
+    per report and per ratio is too wide for a laptop screen. A figure that differs anywhere
+    keeps all its columns."""
+    names = letters(comparison)
+    out = rows
+    for metric, short in SHORT_NAMES.items():
+        columns = [f"{short} {n}" for n in names]
+        if not metric.endswith("_bytes") or len(names) < 2 or not all(c in out for c in columns):
+            continue
+        raw = comparison.table.loc[rows.index, [f"{metric} [{label}]" for label in comparison.labels]]
+        first = raw.iloc[:, 0]
+        if not all(((raw[c] == first) | (raw[c].isna() & first.isna())).all() for c in raw.columns[1:]):
+            continue
+        at = list(out.columns).index(columns[0])
+        merged = out[columns[0]]
+        out = out.drop(columns=[*columns, *(f"{short} {n}/{names[0]}" for n in names[1:])], errors="ignore")
+        out.insert(at, f"{short} ({f'{NBSP}={NBSP}'.join(names)})", merged)
+    return out
+
+
 def _html(comparison: Comparison) -> str:
     from bench_lib.analysis import html, plots
 
@@ -290,9 +316,12 @@ def _html(comparison: Comparison) -> str:
         for suite in dict.fromkeys(shown.loc[shown["model"] == model, "suite"]):
             rows = shown[(shown["model"] == model) & (shown["suite"] == suite)].drop(columns="model")
             rows = rows.loc[:, [c for c in rows.columns if not (rows[c].astype(str).isin(["", "-"])).all()]]
+            rows = same_memory_once(rows, comparison)
             keys = [k for k in KEY_FIELDS if k in rows and k not in ("model", "suite")]
             part, constant = html.split_constant_levels(rows.set_index(["suite", *keys]))
-            inner += f"<h3>{html.esc(', '.join(constant) or str(suite))}</h3>" + html.table(part)
+            inner += f"<h3>{html.esc(', '.join(constant) or str(suite))}</h3>" + html.table(
+                part, wrap_intervals=True
+            )
         id_ = html.anchor("model", str(model))
         by_model.body += html.collapsible(id_, str(model), inner)
         by_model.children.append((id_, str(model)))

@@ -51,6 +51,7 @@ tbody th{text-align:left;font-weight:500;white-space:nowrap}
 tbody th.wrap{white-space:normal;min-width:12em}
 tbody tr:nth-child(even){background:var(--band)}
 td.num{text-align:right;white-space:nowrap}
+table.wrap-ci td.est{white-space:normal}td.est .v,td.est .ci{white-space:nowrap}
 td.txt{text-align:left}
 td.best{font-weight:700;background:var(--best)}
 figure{margin:6px 0 14px}figure img{max-width:100%;height:auto;display:block}
@@ -83,14 +84,23 @@ def _cell(value: object, best: bool) -> str:
     classes = ["num" if _NUMBER.match(text) else "txt"]
     if best:
         classes.append("best")
-    body = esc(text)
+    tag = ""
     for remark, css in TAGS.items():
         suffix = f" ({remark})"
         if text.endswith(suffix):
             classes.append(css)
-            body = f'{esc(text.removesuffix(suffix))}<span class="tag">{esc(remark)}</span>'
+            text, tag = text.removesuffix(suffix), f'<span class="tag">{esc(remark)}</span>'
             break
-    return f'<td class="{" ".join(classes)}">{body}</td>'
+    estimate = _ESTIMATE.match(text)
+    if estimate:  # its interval may go under the figure (`table`'s wrap_intervals)
+        classes.append("est")
+        body = f'<span class="v">{esc(estimate[1])}</span> <span class="ci">{esc(estimate[2])}</span>'
+    else:
+        body = esc(text)
+    return f'<td class="{" ".join(classes)}">{body}{tag}</td>'
+
+
+_ESTIMATE = re.compile(r"^(\S+) ([\[±].*)$")  # "0.464 [0.462, 0.466]", "0.172 ±0.005"
 
 
 def _row_header(part: object) -> str:
@@ -102,10 +112,14 @@ def _row_header(part: object) -> str:
     return f'<th class="wrap">{esc(text).replace("-", "-<wbr>")}</th>'
 
 
-def table(view: pd.DataFrame, best: pd.DataFrame | None = None, index: bool = True) -> str:
+def table(
+    view: pd.DataFrame, best: pd.DataFrame | None = None, index: bool = True, wrap_intervals: bool = False
+) -> str:
     """A formatted view (strings) as a styled table: index levels as row headers, a value shown
     only where it changes (from the left), numbers right-aligned; `best` (booleans, same shape)
-    marks cells."""
+    marks cells. With `wrap_intervals`, a figure's interval may go under it where the table
+    needs the room (a comparison's many columns); otherwise figures stay on one line, as the
+    browser would otherwise wrap them first, room or not."""
     names = [str(n) for n in view.index.names] if index else []
     head = "".join(f'<th class="idx">{esc(n)}</th>' for n in names)
     head += "".join(f"<th>{esc(c)}</th>" for c in view.columns)
@@ -123,7 +137,8 @@ def table(view: pd.DataFrame, best: pd.DataFrame | None = None, index: bool = Tr
         marks = best.iloc[i].tolist() if best is not None else [False] * len(values)
         cells += "".join(_cell(v, bool(b)) for v, b in zip(values, marks, strict=True))
         rows.append(f"<tr>{cells}</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    opening = '<table class="wrap-ci">' if wrap_intervals else "<table>"
+    return f'<div class="scroll">{opening}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def split_constant_levels(view: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
