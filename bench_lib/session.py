@@ -163,7 +163,7 @@ def _with_effort(
     given = {k: v.strip() for k, v in (("max_processes", max_processes), ("ci_target", ci_target),
              ("group_budget_s", group_budget), ("ci_run_sd", ci_run_sd)) if v is not None and v.strip()}  # fmt: skip
     keys = ("max_processes", "ci_target", "group_budget_s", "ci_run_sd")
-    configured = {k: _setting_text(table[k]) for k in keys if k in table}
+    configured = {k: _setting_text(k, table[k], pyproject) for k in keys if k in table}
     fixed = processes is not None and processes.strip() != "" and "max_processes" not in given
     if fixed:  # --bench-processes alone: exactly that many, whatever pyproject.toml says
         configured.pop("max_processes", None)
@@ -179,9 +179,15 @@ def _with_effort(
         profile = replace(profile, max_processes=maximum)
     if "ci_target" in values:
         profile = replace(profile, ci_target=_parse_number(values["ci_target"], "ci_target"))
-    for source in (configured, given):  # per suite, the option's pairs go on top of pyproject's
-        if "ci_run_sd" in source:
-            profile = with_run_sd(profile, source["ci_run_sd"])
+    # per suite, an option's pairs go on top of pyproject's setting; one number replaces it
+    run_sd = given.get("ci_run_sd")
+    if "ci_run_sd" in configured and (run_sd is None or "=" in run_sd):
+        try:
+            profile = with_run_sd(profile, configured["ci_run_sd"])
+        except UserError as exc:
+            raise UserError(f"{pyproject}: [tool.bench_lib] {exc}") from None
+    if run_sd is not None:
+        profile = with_run_sd(profile, run_sd)
     if "group_budget_s" in values:
         profile = replace(
             profile, group_budget_s=_parse_number(values["group_budget_s"], "group budget", allow_zero=True)
@@ -191,12 +197,22 @@ def _with_effort(
     return profile
 
 
-def _setting_text(value: Any) -> str:
-    """A `[tool.bench_lib]` value as its option would spell it (an inline table such as
-    `{inference = 0.008}` as `inference=0.008`)."""
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
+def _setting_text(key: str, value: Any, pyproject: Path) -> str:
+    """A `[tool.bench_lib]` value as its option would spell it (an inline table of numbers such
+    as `{inference = 0.008}` as `inference=0.008`); `UserError` naming the file for a table that
+    is empty or holds anything but numbers."""
+    if not isinstance(value, dict):
+        return str(value)
+    bad = next(
+        (f"{k} = {v!r}" for k, v in value.items() if isinstance(v, bool) or not isinstance(v, int | float)),
+        None,
+    )
+    if not value or bad:
+        raise UserError(
+            f"{pyproject}: [tool.bench_lib] {key} must be a number or a table of numbers by suite"
+            + (f", got {bad}" if bad else ", got an empty table")
+        )
+    return ",".join(f"{k}={v}" for k, v in value.items())
 
 
 def with_run_sd(profile: Profile, text: str) -> Profile:
@@ -209,13 +225,15 @@ def with_run_sd(profile: Profile, text: str) -> Profile:
         )
     known = [s.name for s in SUITES.values() if s.ratio_column is not None]
     given: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",")):
+    for part in filter(None, (p.strip() for p in text.split(","))):
         suite, _, number = (x.strip() for x in part.partition("="))
         if suite not in known:
             raise UserError(
                 f"ci_run_sd: unknown suite {suite!r} in {text!r} (known: {', '.join(known)}; "
                 "or one number for every suite)"
             )
+        if suite in given:
+            raise UserError(f"ci_run_sd: {suite} is named twice in {text!r}")
         given[suite] = _parse_number(number, f"ci_run_sd for {suite}", allow_zero=True)
     return replace(profile, ci_run_sd_suites=tuple((dict(profile.ci_run_sd_suites) | given).items()))
 
@@ -229,7 +247,7 @@ def _parse_number(text: str, what: str, allow_zero: bool = False) -> float:
     ok = value >= 0 if allow_zero else value > 0
     if not ok or value == float("inf"):
         raise UserError(f"{what} must be a number {'>= 0' if allow_zero else '> 0'}, got {text!r}")
-    return value
+    return value + 0.0  # -0 as 0
 
 
 def default_models(pyproject: Path = Path("pyproject.toml")) -> tuple[str, ...]:

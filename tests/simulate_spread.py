@@ -1,6 +1,6 @@
 """How well `bench_lib precision` estimates the spread between runs (README, "How precise are the
 figures"): simulated runs of 40 cases, 4-15 processes each, a case's own process spread fixed
-between 0.5% and 5%, its intervals widened by ci_run_sd 1.2% as the suite widens them, and a
+between 0.5% and 5%, its intervals widened by ci_run_sd 1.2% (the fine-tuning suite's default), and a
 true spread between runs that moves each case alone or a whole run together. For 3 and 5 runs
 and 150 sets each: the mean estimate and its 10th-90th percentiles, how often the 95% interval
 contains the true spread, and the verdicts on the setting. `python tests/simulate_spread.py`

@@ -108,6 +108,24 @@ def test_the_spread_between_runs_can_be_set_per_suite(tmp_path):
         _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="ruler=0.01")
     with pytest.raises(UserError, match="ci_run_sd for finetune must be a number >= 0, got 'x'"):
         _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="finetune=x")
+    trailing = _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="finetune=-0,")
+    assert str(trailing.run_sd("finetune")) == "0.0"  # a trailing comma is nothing; -0 is 0
+    with pytest.raises(UserError, match="ci_run_sd: inference is named twice"):
+        _with_effort(
+            default, None, None, None, None, tmp_path / "none", ci_run_sd="inference=0.01,inference=0.02"
+        )
+    # pyproject.toml: a bad value is named with the file, and one number given replaces it
+    for bad, said in (('"x"', "got 'x'"), ("{inferense = 0.01}", "unknown suite 'inferense'"),
+                      ('{inference = "0.008"}', "got inference = '0.008'"), ("{}", "got an empty table"),
+                      ("{inference = {a = 1}}", "got inference = {'a': 1}")):  # fmt: skip
+        toml.write_text(f"[tool.bench_lib]\nci_run_sd = {bad}\n")
+        with pytest.raises(UserError, match=f"{toml}: \\[tool.bench_lib\\] .*{said}"):
+            _with_effort(default, None, None, None, None, toml)
+        if bad == '"x"':
+            assert (
+                _with_effort(default, None, None, None, None, toml, ci_run_sd="0.01").run_sd("finetune")
+                == 0.01
+            )
 
 
 @pytest.mark.parametrize(

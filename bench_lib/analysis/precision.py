@@ -282,16 +282,18 @@ def run_line(frame: pd.DataFrame, ci_target: float, run_sd: float | None = None)
     met = sum(o <= ci_target * (1 + 1e-9) for o in own)
     text = f"precision: {len(rows)} ratios, 95% intervals +-{relative.min():.1%} to +-{relative.max():.1%}"
     text += f" (median +-{relative.median():.1%})"
-    widened = rows[rows["ci_run_sd"] > 0].drop_duplicates(["figure", "ci_run_sd"])
+    settings = rows.drop_duplicates(["figure", "ci_run_sd"])
     measures = "`bench_lib precision` on repeat runs measures it)"
-    if widened["ci_run_sd"].nunique() == 1:
-        sd = float(widened["ci_run_sd"].iloc[0])
-        text += f", each with +-{np.sinh(Z_CONFIDENCE * sd):.2%} for the spread between runs (ci_run_sd {sd:.2%}; "
-        text += measures
-    elif len(widened):
+    if rows["ci_run_sd"].nunique() == 1:  # every ratio widened alike
+        sd = float(rows["ci_run_sd"].iloc[0])
+        if sd > 0:
+            text += f", each with +-{np.sinh(Z_CONFIDENCE * sd):.2%} for the spread between runs (ci_run_sd {sd:.2%}; "
+            text += measures
+    elif (settings["ci_run_sd"] > 0).any():
         each = " or ".join(
-            f"+-{np.sinh(Z_CONFIDENCE * sd):.2%} ({SUITE_OF[figure]}, ci_run_sd {sd:.2%})"
-            for figure, sd in zip(widened["figure"], widened["ci_run_sd"], strict=True)
+            (f"+-{np.sinh(Z_CONFIDENCE * sd):.2%}" if sd > 0 else "nothing")
+            + f" ({SUITE_OF[figure]}, ci_run_sd {sd:.2%})"
+            for figure, sd in zip(settings["figure"], settings["ci_run_sd"], strict=True)
         )
         text += f", each with {each} for the spread between runs ({measures}"
     groups = frame[frame["status"].eq("ok")].drop_duplicates(
@@ -393,9 +395,11 @@ SETTING_OF = {"latency_ratio_to_grad": "inference", "latency_ratio_to_full": "fi
 
 def advice(spreads: Sequence[Spread]) -> str:
     """Whether each ratio figure's `ci_run_sd` fits the spread its runs show (the setting inside
-    the spread's 95% interval), and what to set per suite where one does not (rounded up to
-    0.1%): too narrow, its estimate; too wide, the upper end of its interval, not the estimate,
-    so that narrower intervals stay honest; a suite that fits keeps its setting."""
+    the spread's 95% interval), and what to set per suite where one does not: too narrow, its
+    estimate (rounded up to 0.1%); too wide, the upper end of its interval (rounded down, not
+    below the estimate), not the estimate, so that narrower intervals stay honest. A suite that
+    fits keeps its setting as it is; one without a verdict (two runs, or rows widened by
+    different values) is left out of the setting."""
     parts, verdicts = [], []
     for sp in spreads:
         widened = " / ".join(f"{u:.2%}" for u in sp.used)
@@ -407,29 +411,40 @@ def advice(spreads: Sequence[Spread]) -> str:
         }.get(verdict, verdict)
         parts.append(f"{SUITE_OF[sp.figure]} {sp.value:.2%} against {widened}: {said}")
     text = "ci_run_sd: " + "; ".join(parts) + ". "
-    if not verdicts or any(v in ("mixed", "unknown") for v in verdicts):
-        return text + "Measure at least three runs of one setting for a verdict."
-    if all(v == "fits" for v in verdicts):
-        return text + "The setting fits this machine (within what these runs can tell)."
-
-    def rounded(value: float) -> str:
-        return f"{math.ceil(value * 1000 - 1e-9) / 1000:.3f}"
-
-    chosen = {
-        SETTING_OF[sp.figure]: rounded(
-            sp.value if v == "too narrow" else (sp.high or 0.0) if v == "too wide" else sp.used[0]
+    judged = [
+        (sp, v) for sp, v in zip(spreads, verdicts, strict=True) if v in ("fits", "too wide", "too narrow")
+    ]
+    unjudged = (
+        "" if len(judged) == len(spreads) else " Measure at least three runs of one setting for a verdict"
+    )
+    if not judged:
+        return text + unjudged.strip() + "."
+    if all(v == "fits" for _, v in judged):
+        return (
+            text
+            + "The setting fits this machine (within what these runs can tell)."
+            + (unjudged and unjudged + " on the others.")
         )
-        for sp, v in zip(spreads, verdicts, strict=True)
-    }
-    table = ", ".join(f"{k} = {v}" for k, v in chosen.items())
-    env = ",".join(f"{k}={v}" for k, v in chosen.items())
+
+    def chosen(sp: Spread, verdict: str) -> str:
+        up = math.ceil(sp.value * 1000 - 1e-9) / 1000
+        if verdict == "too narrow":
+            return f"{up:.3f}"
+        if verdict == "too wide":
+            return f"{max(math.floor((sp.high or 0.0) * 1000 + 1e-9) / 1000, up):.3f}"
+        return f"{sp.used[0]:g}"  # fits: kept as it is
+
+    values = {SETTING_OF[sp.figure]: chosen(sp, v) for sp, v in judged}
+    table = ", ".join(f"{k} = {v}" for k, v in values.items())
+    env = ",".join(f"{k}={v}" for k, v in values.items())
     why = (
         "The intervals miss what happens between runs here"
         if "too narrow" in verdicts
         else "The intervals are wider than this machine needs"
     )
-    wide = " (too wide: the most these runs allow)" if "too wide" in verdicts else ""
+    wide = " (too wide: at most what these runs allow)" if "too wide" in verdicts else ""
     return text + (
         f"{why}: set ci_run_sd = {{{table}}} in [tool.bench_lib] (or BENCH_CI_RUN_SD={env}){wide}, "
         "then check it on new repeat runs (coverage should stay at 90% or more)."
+        + (unjudged and unjudged + " on the others.")
     )

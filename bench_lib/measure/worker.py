@@ -36,7 +36,11 @@ def profile_of(request: Request) -> Profile:
             **profile,
             "batch_sizes": tuple(profile["batch_sizes"]),
             "models": tuple(profile["models"]),
-            "ci_run_sd_suites": tuple((s, v) for s, v in profile.get("ci_run_sd_suites", ())),
+            **(
+                {"ci_run_sd_suites": tuple(map(tuple, profile["ci_run_sd_suites"]))}
+                if "ci_run_sd_suites" in profile
+                else {}
+            ),
         }
     )
 

@@ -409,6 +409,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     for folder in Path(path).parents:  # as mkdir -p: no folder is made at a link to nothing
         if folder.is_symlink() and not folder.exists():
             raise NotADirectoryError(errno.ENOTDIR, not_a_folder(folder), str(folder))
+    if Path(path).is_symlink() and not Path(os.path.realpath(path)).parent.is_dir():  # as the shell's >
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"a link to {os.readlink(path)}, whose folder does not exist", str(path)
+        )
     path = Path(os.path.realpath(path))  # a link's target is replaced, the link stays
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
