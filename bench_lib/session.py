@@ -31,6 +31,7 @@ from bench_lib.records.results import OOM, CaseResult
 from bench_lib.records.schema import (
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
+    check_links,
     check_writable,
     modules_frame,
     modules_path,
@@ -163,7 +164,10 @@ def _with_effort(
     given = {k: v.strip() for k, v in (("max_processes", max_processes), ("ci_target", ci_target),
              ("group_budget_s", group_budget), ("ci_run_sd", ci_run_sd)) if v is not None and v.strip()}  # fmt: skip
     keys = ("max_processes", "ci_target", "group_budget_s", "ci_run_sd")
-    configured = {k: _setting_text(k, table[k], pyproject) for k in keys if k in table}
+    for key in keys:
+        if isinstance(table.get(key), dict) and key != "ci_run_sd":  # a table only for ci_run_sd, by suite
+            raise UserError(f"{pyproject}: [tool.bench_lib] {key} must be a number, got a table")
+    configured = {k: table[k] if k == "ci_run_sd" else str(table[k]) for k in keys if k in table}
     fixed = processes is not None and processes.strip() != "" and "max_processes" not in given
     if fixed:  # --bench-processes alone: exactly that many, whatever pyproject.toml says
         configured.pop("max_processes", None)
@@ -183,7 +187,7 @@ def _with_effort(
     run_sd = given.get("ci_run_sd")
     if "ci_run_sd" in configured and (run_sd is None or "=" in run_sd):
         try:
-            profile = with_run_sd(profile, configured["ci_run_sd"])
+            profile = with_run_sd(profile, _setting_text(configured["ci_run_sd"]))
         except UserError as exc:
             raise UserError(f"{pyproject}: [tool.bench_lib] {exc}") from None
     if run_sd is not None:
@@ -197,10 +201,10 @@ def _with_effort(
     return profile
 
 
-def _setting_text(key: str, value: Any, pyproject: Path) -> str:
-    """A `[tool.bench_lib]` value as its option would spell it (an inline table of numbers such
-    as `{inference = 0.008}` as `inference=0.008`); `UserError` naming the file for a table that
-    is empty or holds anything but numbers."""
+def _setting_text(value: Any) -> str:
+    """`[tool.bench_lib] ci_run_sd` as its option would spell it (an inline table of numbers such
+    as `{inference = 0.008}` as `inference=0.008`); `UserError` for a table that is empty or
+    holds anything but numbers."""
     if not isinstance(value, dict):
         return str(value)
     bad = next(
@@ -209,21 +213,23 @@ def _setting_text(key: str, value: Any, pyproject: Path) -> str:
     )
     if not value or bad:
         raise UserError(
-            f"{pyproject}: [tool.bench_lib] {key} must be a number or a table of numbers by suite"
+            "ci_run_sd must be a number or a table of numbers by suite"
             + (f", got {bad}" if bad else ", got an empty table")
         )
-    return ",".join(f"{k}={v}" for k, v in value.items())
+    return ",".join(f"{k}={v!r}" for k, v in value.items())
 
 
 def with_run_sd(profile: Profile, text: str) -> Profile:
     """`profile` with the spread between runs its ratio intervals are widened by: one number for
     every suite (`0.012`), or per suite (`inference=0.008,finetune=0.012`; a suite not named
     keeps the profile's). `UserError` on anything else."""
+    known = [s.name for s in SUITES.values() if s.ratio_column is not None]
+    if text.strip() in known:
+        raise UserError(f"ci_run_sd: {text.strip()} needs a value ({text.strip()}=0.008)")
     if "=" not in text:
         return replace(
             profile, ci_run_sd=_parse_number(text, "ci_run_sd", allow_zero=True), ci_run_sd_suites=()
         )
-    known = [s.name for s in SUITES.values() if s.ratio_column is not None]
     given: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         suite, _, number = (x.strip() for x in part.partition("="))
@@ -246,7 +252,8 @@ def _parse_number(text: str, what: str, allow_zero: bool = False) -> float:
         value = float("nan")
     ok = value >= 0 if allow_zero else value > 0
     if not ok or value == float("inf"):
-        raise UserError(f"{what} must be a number {'>= 0' if allow_zero else '> 0'}, got {text!r}")
+        finite = "finite " if value == float("inf") else ""
+        raise UserError(f"{what} must be a {finite}number {'>= 0' if allow_zero else '> 0'}, got {text!r}")
     return value + 0.0  # -0 as 0
 
 
@@ -399,6 +406,10 @@ class BenchSession:
         with torch_threads(config.threads):  # so the fingerprint records the workers' setting
             self.env = collect_environment(cpu_malloc=malloc)
         if out is not None:  # through a link once: the report, its companions and the check in one folder
+            try:
+                check_links(Path(out))
+            except NotADirectoryError as exc:
+                raise UserError(f"{exc.filename}: {exc.strerror}") from None
             out = Path(os.path.realpath(out))
         self.writer = ReportWriter(config.results_dir, self.env, config.profile.name, config.inject, out=out)
         if self.writer.path.is_dir():

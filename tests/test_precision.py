@@ -428,17 +428,34 @@ def test_the_advice_keeps_a_fitting_setting_and_still_advises_beside_a_suite_wit
     fits = advice(
         [Spread(grad, 0.012, 0.010, 0.016, 5, (0.0125,)), Spread(full, 0.03, 0.02, 0.04, 5, (0.012,))]
     )
-    assert "set ci_run_sd = {inference = 0.0125, finetune = 0.030}" in fits
+    assert "set ci_run_sd = {inference = 0.0125, finetune = 0.03}" in fits
     beside = advice(
         [Spread(grad, 0.03, 0.02, 0.04, 5, (0.005,)), Spread(full, 0.01, 0.005, 0.02, 5, (0.008, 0.012))]
     )
-    assert "set ci_run_sd = {inference = 0.030} in [tool.bench_lib]" in beside
+    assert "set ci_run_sd = {inference = 0.03} in [tool.bench_lib]" in beside
     assert beside.endswith("Measure at least three runs of one setting for a verdict on the others.")
     neither = advice([Spread(grad, 0.01, None, None, 2, (0.008,))])
     assert neither.endswith("no verdict. Measure at least three runs of one setting for a verdict.")
     # too wide: rounded down from the upper end (1.03% -> 1.0%), never below the estimate
-    assert "{finetune = 0.010}" in advice([Spread(full, 0.0036, 0.0, 0.0103, 5, (0.012,))])
+    assert "{finetune = 0.01}" in advice([Spread(full, 0.0036, 0.0, 0.0103, 5, (0.012,))])
     assert "{finetune = 0.005}" in advice([Spread(full, 0.0049, 0.0, 0.0050, 5, (0.012,))])
+    # no 0.1% step between the estimate (0.81%) and the upper end (0.89%): 0.01% steps, so the
+    # advice is below the setting (0.9%) and within what the runs allow (was 0.009: no change)
+    assert "{inference = 0.0089}" in advice([Spread(grad, 0.0081, 0.005, 0.0089, 5, (0.009,))])
+    # a suite with two runs (no verdict) keeps its setting in the table, which replaces pyproject's
+    two = advice([Spread(grad, 0.002, 0.0, 0.004, 5, (0.008,)), Spread(full, 0.01, None, None, 2, (0.02,))])
+    assert "set ci_run_sd = {inference = 0.004, finetune = 0.02}" in two
+    # every suggestion reads back as TOML and as the option
+    import tomllib
+
+    from bench_lib.records.cases import PROFILES
+    from bench_lib.session import with_run_sd
+
+    toml = two[two.index("ci_run_sd = {") : two.index("} in [tool") + 1]
+    assert tomllib.loads(toml)["ci_run_sd"] == {"inference": 0.004, "finetune": 0.02}
+    option = two[two.index("BENCH_CI_RUN_SD=") + len("BENCH_CI_RUN_SD=") : two.index(") (too wide")]
+    parsed = with_run_sd(PROFILES["default"], option)
+    assert (parsed.run_sd("inference"), parsed.run_sd("finetune")) == (0.004, 0.02)
 
 
 def test_the_run_line_names_a_suite_that_was_not_widened():

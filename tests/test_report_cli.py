@@ -509,3 +509,7 @@ def test_a_memory_figure_is_shown_once_only_where_every_report_measured_it_to_th
     kept = same_memory_once(view(apart), apart)
     assert {"peak A", "peak B", "peak B/A"} <= set(kept.columns)
     assert "activations (A\u00a0=\u00a0B)" in kept  # the others still merge
+    b = a.copy()
+    b.loc[b.index[ok][0], "mem_peak_bytes"] = pd.NA  # measured in A only: no agreement either
+    lacking = compare([a, b], names=["a", "b"])
+    assert {"peak A", "peak B", "peak B/A"} <= set(same_memory_once(view(lacking), lacking).columns)

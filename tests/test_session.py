@@ -121,11 +121,31 @@ def test_the_spread_between_runs_can_be_set_per_suite(tmp_path):
         toml.write_text(f"[tool.bench_lib]\nci_run_sd = {bad}\n")
         with pytest.raises(UserError, match=f"{toml}: \\[tool.bench_lib\\] .*{said}"):
             _with_effort(default, None, None, None, None, toml)
-        if bad == '"x"':
-            assert (
-                _with_effort(default, None, None, None, None, toml, ci_run_sd="0.01").run_sd("finetune")
-                == 0.01
-            )
+        # one number given replaces pyproject's setting, bad or not
+        assert (
+            _with_effort(default, None, None, None, None, toml, ci_run_sd="0.01").run_sd("finetune") == 0.01
+        )
+    toml.write_text("[tool.bench_lib]\nci_target = {inference = 0.01}\n")  # a table only for ci_run_sd
+    with pytest.raises(
+        UserError, match=r"pyproject.toml: \[tool.bench_lib\] ci_target must be a number, got a table"
+    ):
+        _with_effort(default, None, None, None, None, toml)
+    with pytest.raises(UserError, match=r"ci_run_sd: inference needs a value \(inference=0.008\)"):
+        _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="inference")
+    with pytest.raises(UserError, match="ci_run_sd for finetune must be a finite number >= 0, got 'inf'"):
+        _with_effort(default, None, None, None, None, tmp_path / "none", ci_run_sd="finetune=inf")
+
+
+def test_a_run_does_not_make_folders_through_a_link_to_nothing(tmp_path):
+    """`run --out LINK` with LINK pointing into a folder that does not exist: one error naming
+    the link, as `report --out` gives, and no folder made at its target."""
+    from bench_lib.session import BenchSession
+
+    (tmp_path / "l.csv").symlink_to(tmp_path / "nowhere" / "r.csv")
+    config = RunConfig.parse("tiny", models="mlp", devices="cpu", results_dir=tmp_path)
+    with pytest.raises(UserError, match=r"l.csv: a link to .*nowhere/r.csv, whose folder does not exist"):
+        BenchSession(config, out=tmp_path / "l.csv")
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.parametrize(
@@ -134,7 +154,7 @@ def test_the_spread_between_runs_can_be_set_per_suite(tmp_path):
         ((None, "x", None, None), "max_processes must be an integer"),
         ((None, None, "0", None), "ci_target must be a number > 0"),
         ((None, None, "-1", None), "ci_target must be a number > 0"),
-        ((None, None, None, "inf"), "group budget must be a number >= 0"),
+        ((None, None, None, "inf"), "group budget must be a finite number >= 0"),
         (("6", "4", None, None), r"max_processes \(4\) is below processes \(6\)"),
     ],
 )

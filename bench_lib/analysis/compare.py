@@ -282,7 +282,8 @@ def same_memory_once(rows: pd.DataFrame, comparison: Comparison) -> pd.DataFrame
             continue
         raw = comparison.table.loc[rows.index, [f"{metric} [{label}]" for label in comparison.labels]]
         first = raw.iloc[:, 0]
-        if not all(((raw[c] == first) | (raw[c].isna() & first.isna())).all() for c in raw.columns[1:]):
+        same = [(raw[c] == first).fillna(False) | (raw[c].isna() & first.isna()) for c in raw.columns[1:]]
+        if not all(s.all() for s in same):  # a figure one report lacks is no agreement
             continue
         at = list(out.columns).index(columns[0])
         merged = out[columns[0]]

@@ -91,7 +91,7 @@ def _cell(value: object, best: bool) -> str:
             classes.append(css)
             text, tag = text.removesuffix(suffix), f'<span class="tag">{esc(remark)}</span>'
             break
-    estimate = _ESTIMATE.match(text)
+    estimate = _ESTIMATE.match(text) if classes[0] == "num" else None
     if estimate:  # its interval may go under the figure (`table`'s wrap_intervals)
         classes.append("est")
         body = f'<span class="v">{esc(estimate[1])}</span> <span class="ci">{esc(estimate[2])}</span>'

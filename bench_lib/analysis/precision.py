@@ -393,13 +393,18 @@ SUITE_OF = {"latency_ratio_to_grad": "inference", "latency_ratio_to_full": "fine
 SETTING_OF = {"latency_ratio_to_grad": "inference", "latency_ratio_to_full": "finetune"}  # suite names
 
 
+def _number(value: float) -> str:
+    """A setting as short as it is exact to 0.01%: 0.006, 0.0089, 0.01."""
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
 def advice(spreads: Sequence[Spread]) -> str:
     """Whether each ratio figure's `ci_run_sd` fits the spread its runs show (the setting inside
     the spread's 95% interval), and what to set per suite where one does not: too narrow, its
     estimate (rounded up to 0.1%); too wide, the upper end of its interval (rounded down, not
     below the estimate), not the estimate, so that narrower intervals stay honest. A suite that
-    fits keeps its setting as it is; one without a verdict (two runs, or rows widened by
-    different values) is left out of the setting."""
+    fits keeps its setting as it is, as does one with no verdict from two runs; one whose rows
+    were widened by different values is left out of the setting."""
     parts, verdicts = [], []
     for sp in spreads:
         widened = " / ".join(f"{u:.2%}" for u in sp.used)
@@ -427,14 +432,21 @@ def advice(spreads: Sequence[Spread]) -> str:
         )
 
     def chosen(sp: Spread, verdict: str) -> str:
-        up = math.ceil(sp.value * 1000 - 1e-9) / 1000
-        if verdict == "too narrow":
-            return f"{up:.3f}"
-        if verdict == "too wide":
-            return f"{max(math.floor((sp.high or 0.0) * 1000 + 1e-9) / 1000, up):.3f}"
-        return f"{sp.used[0]:g}"  # fits: kept as it is
+        if verdict == "too narrow":  # the estimate, rounded up to 0.1%
+            return _number(math.ceil(sp.value * 1000 - 1e-9) / 1000)
+        if verdict == "too wide":  # the upper end rounded down, to 0.1% where that stays above the estimate
+            high = sp.high or 0.0
+            for step in (1000, 10000):
+                down = math.floor(high * step + 1e-9) / step
+                if down >= sp.value:
+                    return _number(down)
+            return repr(math.floor(high * 1e6) / 1e6)
+        return repr(sp.used[0])  # fits, or no verdict from two runs: kept as it is
 
-    values = {SETTING_OF[sp.figure]: chosen(sp, v) for sp, v in judged}
+    # a suite with one setting but no verdict keeps it in the table (which replaces pyproject's)
+    values = {
+        SETTING_OF[sp.figure]: chosen(sp, v) for sp, v in zip(spreads, verdicts, strict=True) if v != "mixed"
+    }
     table = ", ".join(f"{k} = {v}" for k, v in values.items())
     env = ",".join(f"{k}={v}" for k, v in values.items())
     why = (

@@ -382,6 +382,18 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     write_text_atomic(path, frame.to_csv(index=False))
 
 
+def check_links(path: Path) -> None:
+    """`NotADirectoryError` naming the link when writing `path` would make folders through a
+    link to nothing: a folder on the way that is one (as `mkdir -p` refuses), or `path` itself a
+    link into a folder that does not exist (as the shell's `>` refuses)."""
+    for folder in path.parents:
+        if folder.is_symlink() and not folder.exists():
+            raise NotADirectoryError(errno.ENOTDIR, not_a_folder(folder), str(folder))
+    target = Path(os.path.realpath(path))
+    if path.is_symlink() and not target.parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"a link to {target}, whose folder does not exist", str(path))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` atomically (a temporary file in the same folder, then a rename),
     with the permissions a plain `open` would give it (an existing file's own, else the
@@ -406,13 +418,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(given)) from exc
         return
-    for folder in Path(path).parents:  # as mkdir -p: no folder is made at a link to nothing
-        if folder.is_symlink() and not folder.exists():
-            raise NotADirectoryError(errno.ENOTDIR, not_a_folder(folder), str(folder))
-    if Path(path).is_symlink() and not Path(os.path.realpath(path)).parent.is_dir():  # as the shell's >
-        raise NotADirectoryError(
-            errno.ENOTDIR, f"a link to {os.readlink(path)}, whose folder does not exist", str(path)
-        )
+    check_links(Path(path))
     path = Path(os.path.realpath(path))  # a link's target is replaced, the link stays
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
