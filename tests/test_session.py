@@ -137,14 +137,15 @@ def test_the_spread_between_runs_can_be_set_per_suite(tmp_path):
 
 
 def test_a_run_does_not_make_folders_through_a_link_to_nothing(tmp_path):
-    """`run --out LINK` with LINK pointing into a folder that does not exist: one error naming
-    the link, as `report --out` gives, and no folder made at its target."""
+    """`run --out LINK/r.csv`, LINK a folder link to nothing: one error naming the link, as
+    `report --out` gives and as a results folder that is such a link gets, and no folder made at
+    its target."""
     from bench_lib.session import BenchSession
 
-    (tmp_path / "l.csv").symlink_to(tmp_path / "nowhere" / "r.csv")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere" / "x")
     config = RunConfig.parse("tiny", models="mlp", devices="cpu", results_dir=tmp_path)
-    with pytest.raises(UserError, match=r"l.csv: a link to .*nowhere/r.csv, whose folder does not exist"):
-        BenchSession(config, out=tmp_path / "l.csv")
+    with pytest.raises(UserError, match=r"gone: a link to .*nowhere/x, which does not exist"):
+        BenchSession(config, out=tmp_path / "gone" / "r.csv")
     assert not (tmp_path / "nowhere").exists()
 
 

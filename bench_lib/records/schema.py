@@ -384,14 +384,12 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 def check_links(path: Path) -> None:
     """`NotADirectoryError` naming the link when writing `path` would make folders through a
-    link to nothing: a folder on the way that is one (as `mkdir -p` refuses), or `path` itself a
-    link into a folder that does not exist (as the shell's `>` refuses)."""
+    folder link to nothing (as `mkdir -p` refuses, and `check_writable` for a results folder). A
+    link to a file is followed, its folder made if missing (a run's report given as such a link
+    keeps its companions beside the target)."""
     for folder in path.parents:
         if folder.is_symlink() and not folder.exists():
             raise NotADirectoryError(errno.ENOTDIR, not_a_folder(folder), str(folder))
-    target = Path(os.path.realpath(path))
-    if path.is_symlink() and not target.parent.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"a link to {target}, whose folder does not exist", str(path))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
