@@ -42,6 +42,17 @@ def simulated_run(rng, shrink=1.0, processes=5, run_sd=0.0):
     return pd.DataFrame(rows)
 
 
+def as_finetune(frame):
+    """An inference report's ratios as a fine-tuning run's: to `full` instead of grad, strategy
+    frozen_1 (`full` on grad's rows), optimizer sgd."""
+    return frame.rename(columns=lambda c: c.replace("to_grad", "to_full")).assign(
+        suite="finetune",
+        mode="",
+        strategy=np.where(frame["mode"].eq("grad"), "full", "frozen_1"),
+        optimizer="sgd",
+    )
+
+
 def test_honest_intervals_cover_the_difference_between_runs():
     rng = np.random.default_rng(0)
     runs = [simulated_run(rng) for _ in range(30)]
@@ -159,10 +170,7 @@ def test_the_run_line_takes_each_rows_own_spread_between_runs():
     `ci_run_sd` is taken out (with 0.8% taken from the fine-tuning rows, their own would read
     +-1.8%), and the line names both widenings."""
     inference = simulated_run(np.random.default_rng(3)).assign(ci_run_sd=0.008)
-    finetune = inference.rename(columns=lambda c: c.replace("to_grad", "to_full")).assign(
-        suite="finetune", mode="", strategy=np.where(inference["mode"].eq("grad"), "full", "frozen_1"),
-        optimizer="sgd", ci_run_sd=0.012,
-    )  # fmt: skip
+    finetune = as_finetune(inference).assign(ci_run_sd=0.012)
     frame = pd.concat([inference, finetune], ignore_index=True).assign(stop_reason="target", processes=5)
     h = float(np.arcsinh(0.005))
     for figure in ("latency_ratio_to_grad", "latency_ratio_to_full"):
@@ -377,12 +385,8 @@ def test_reports_widened_by_different_values_get_a_verdict_per_suite_or_none():
     verdict for it."""
     rng = np.random.default_rng(9)
 
-    def finetune(frame):
-        frame = frame.rename(columns=lambda c: c.replace("to_grad", "to_full"))
-        return frame.assign(suite="finetune", mode="", strategy="frozen_1", optimizer="sgd")
-
     runs = [
-        pd.concat([widened_run(rng), finetune(widened_run(rng, ci_run_sd=0.005))], ignore_index=True)
+        pd.concat([widened_run(rng), as_finetune(widened_run(rng, ci_run_sd=0.005))], ignore_index=True)
         for _ in range(4)
     ]
     text = render(runs, [f"run{i}" for i in range(4)], 0.01)
@@ -399,13 +403,9 @@ def test_the_advice_sets_each_suite_on_its_own():
     per-suite settings, would have widened inference to 2% too)."""
     rng = np.random.default_rng(11)
 
-    def finetune(frame):
-        frame = frame.rename(columns=lambda c: c.replace("to_grad", "to_full"))
-        return frame.assign(suite="finetune", mode="", strategy="frozen_1", optimizer="sgd")
-
     runs = [
         pd.concat(
-            [widened_run(rng, run_sd=0.012), finetune(widened_run(rng, run_sd=0.02, ci_run_sd=0.005))],
+            [widened_run(rng, run_sd=0.012), as_finetune(widened_run(rng, run_sd=0.02, ci_run_sd=0.005))],
             ignore_index=True,
         )
         for _ in range(5)
@@ -462,10 +462,7 @@ def test_the_run_line_names_a_suite_that_was_not_widened():
     """Inference rows widened by nothing (ci_run_sd 0) and fine-tuning by 1.2%: the line must
     not say "each with +-2.35%", which only the fine-tuning ratios have."""
     frame = simulated_run(np.random.default_rng(3)).assign(ci_run_sd=0.0)
-    finetune = frame.rename(columns=lambda c: c.replace("to_grad", "to_full")).assign(
-        suite="finetune", mode="", strategy=np.where(frame["mode"].eq("grad"), "full", "frozen_1"),
-        optimizer="sgd", ci_run_sd=0.012,
-    )  # fmt: skip
+    finetune = as_finetune(frame).assign(ci_run_sd=0.012)
     line = run_line(pd.concat([frame, finetune], ignore_index=True), ci_target=0.01)
     assert "each with nothing (inference, ci_run_sd 0.00%) or +-2.35% (fine-tuning, ci_run_sd 1.20%)" in line
     assert "each with +-" not in run_line(frame, ci_target=0.01)  # nothing widened: nothing said
